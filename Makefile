@@ -1,0 +1,35 @@
+# Quick start: `make serve` (install, build the cpu model repository, serve) and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PROFILE ?= cpu
+HTTP_PORT ?= 8000
+GRPC_PORT ?= 8001
+METRICS_PORT ?= 8002
+PYTEST_ARGS ?=
+
+.PHONY: install render serve test lint unit integration
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt pyproject.toml build/install.sh
+	bash build/install.sh $(VENV)
+	touch $@
+
+render: install
+	$(PY) build/render.py --profile $(PROFILE)
+
+serve: install
+	$(PY) build/serve.py --profile $(PROFILE) --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: lint
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+unit: install
+	$(PY) -m pytest -m "not integration" $(PYTEST_ARGS)
+
+integration: install
+	$(PY) -m pytest -m integration $(PYTEST_ARGS)

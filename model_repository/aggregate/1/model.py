@@ -1,0 +1,46 @@
+"""Triton adapter for step 4 of smoothguard: cluster, choose, apply the policy."""
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+from smoothguard.aggregate import select_one
+from smoothguard.policy import decide
+from smoothguard.settings import DefenseSettings, InvalidRequest, RequestOptions
+from smoothguard.xp import get_xp
+from smoothguard_triton.glue import bytes_tensor, model_parameters, required_input, respond_each
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        params = model_parameters(args)
+        self.settings = DefenseSettings.from_parameters(params)
+        self.xp = get_xp(params.get("device", "auto"))
+
+    def execute(self, requests):
+        return respond_each(requests, self._handle)
+
+    def _handle(self, request):
+        raw = required_input(request, "CANDIDATES").reshape(-1)
+        candidates = [bytes(c).decode("utf-8", errors="replace") for c in raw]
+        embeddings = required_input(request, "EMBEDDINGS").astype(np.float32, copy=False)
+        options = RequestOptions.from_json(required_input(request, "OPTIONS").reshape(-1)[0])
+        if embeddings.shape[0] != len(candidates) or not candidates:
+            raise InvalidRequest(
+                f"{len(candidates)} candidates but embeddings of shape {list(embeddings.shape)}"
+            )
+        empty = np.array([not c.strip() for c in candidates])
+        selection = select_one(self.xp.asarray(embeddings), empty=empty)
+        decision = decide(selection, candidates, options.policy, self.settings)
+        returned = candidates if options.return_candidates else []
+        return [
+            bytes_tensor("TEXT", [decision.text]),
+            bytes_tensor("DECISION", [decision.decision]),
+            bytes_tensor("REASON", [decision.reason]),
+            pb_utils.Tensor("CHOSEN_INDEX", np.array([selection.chosen_index], np.int32)),
+            pb_utils.Tensor("CLUSTER_SIZES", np.array(selection.cluster_sizes, np.int32)),
+            pb_utils.Tensor("AGREEMENT", np.array([selection.agreement], np.float32)),
+            pb_utils.Tensor("ORIGINAL_OUTVOTED", np.array([selection.original_outvoted])),
+            pb_utils.Tensor("TIE", np.array([selection.tie])),
+            pb_utils.Tensor("NUM_SAMPLES_USED", np.array([len(candidates)], np.int32)),
+            bytes_tensor("ORIGINAL_TEXT", [candidates[0]]),
+            bytes_tensor("ALL_CANDIDATES", returned, (len(returned),)),
+        ]

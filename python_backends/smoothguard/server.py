@@ -1,0 +1,167 @@
+"""Start a real tritonserver on this machine from the PyPI `nvidia-pytriton` wheel.
+
+The wheel ships the server binary, its shared libraries and the Python backend, but the
+backend directory must be assembled (backend + the stub for our Python version) and the stub
+must see this environment's packages, which is what this module does. The tests, the CLI
+`smoothguard-serve` and the benchmarks all start the server through `TritonServer`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class ServerPorts:
+    http: int = 8000
+    grpc: int = 8001
+    metrics: int = 8002
+
+
+def _pytriton_root() -> Path:
+    import pytriton  # the package only locates the binary; we never use its Python API
+
+    return Path(pytriton.__file__).resolve().parent / "tritonserver"
+
+
+def tritonserver_binary() -> Path:
+    return _pytriton_root() / "bin" / "tritonserver"
+
+
+def backend_directory(cache_dir: Path) -> Path:
+    """Assemble backends/python with the stub that matches this interpreter."""
+    root = _pytriton_root()
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = root / "python_backend_stubs" / version / "triton_python_backend_stub"
+    if not stub.exists():
+        raise RuntimeError(f"nvidia-pytriton ships no Python backend stub for Python {version}")
+    target = cache_dir / "backends"
+    python_dir = target / "python"
+    marker = python_dir / ".assembled"
+    if not marker.exists():
+        if python_dir.exists():
+            shutil.rmtree(python_dir)
+        shutil.copytree(root / "backends" / "python", python_dir)
+        shutil.copy2(stub, python_dir / "triton_python_backend_stub")
+        marker.write_text(str(stub))
+    return target
+
+
+def server_environment(extra_pythonpath: list[Path] | None = None) -> dict[str, str]:
+    """Environment in which the stub (embedding the system libpython) finds our packages."""
+    env = dict(os.environ)
+    site_packages = sysconfig.get_paths()["purelib"]
+    libs = Path(site_packages) / "nvidia_pytriton.libs"
+    paths = [str(p) for p in extra_pythonpath or []]
+    paths += [str(REPO_ROOT / "python_backends"), str(REPO_ROOT / "client"), site_packages]
+    if env.get("PYTHONPATH"):
+        paths.append(env["PYTHONPATH"])
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    libdir = sysconfig.get_config_var("LIBDIR") or ""
+    ld = [str(libs), libdir]
+    if env.get("LD_LIBRARY_PATH"):
+        ld.append(env["LD_LIBRARY_PATH"])
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in ld if p)
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("TRANSFORMERS_OFFLINE", "1")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return env
+
+
+@dataclass
+class TritonServer:
+    """A tritonserver child process; use as a context manager or call start()/stop()."""
+
+    model_repository: Path
+    ports: ServerPorts = field(default_factory=ServerPorts)
+    work_dir: Path = field(default_factory=lambda: REPO_ROOT / "var" / "server")
+    extra_args: list[str] = field(default_factory=list)
+    log_path: Path | None = None
+    exit_timeout_s: int = 30
+    process: subprocess.Popen[bytes] | None = None
+
+    def command(self) -> list[str]:
+        backends = backend_directory(self.work_dir)
+        return [
+            str(tritonserver_binary()),
+            f"--model-repository={self.model_repository}",
+            f"--backend-directory={backends}",
+            f"--http-port={self.ports.http}",
+            f"--grpc-port={self.ports.grpc}",
+            f"--metrics-port={self.ports.metrics}",
+            "--allow-metrics=true",
+            "--allow-gpu-metrics=false",
+            f"--exit-timeout-secs={self.exit_timeout_s}",
+            "--strict-readiness=true",
+            *self.extra_args,
+        ]
+
+    def start(self, timeout_s: float = 300.0) -> TritonServer:
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.log_path or self.work_dir / f"tritonserver-{self.ports.grpc}.log"
+        self.log_path = log_path
+        log = open(log_path, "wb")  # noqa: SIM115 - handed to the child process
+        self.process = subprocess.Popen(
+            self.command(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=server_environment(),
+            start_new_session=True,
+        )
+        self.wait_ready(timeout_s)
+        return self
+
+    def wait_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        url = f"http://127.0.0.1:{self.ports.http}/v2/health/ready"
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(
+                    f"tritonserver exited with {self.process.returncode}; log tail:\n"
+                    + self.log_tail()
+                )
+            with (
+                contextlib.suppress(urllib.error.URLError, ConnectionError, OSError),
+                urllib.request.urlopen(url, timeout=2) as response,
+            ):
+                if response.status == 200:
+                    return
+            time.sleep(0.5)
+        self.stop()
+        raise TimeoutError(
+            f"tritonserver not ready after {timeout_s}s; log tail:\n{self.log_tail()}"
+        )
+
+    def log_tail(self, lines: int = 60) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self, timeout_s: float = 60.0) -> int | None:
+        if self.process is None or self.process.poll() is not None:
+            return None if self.process is None else self.process.returncode
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            return self.process.wait(10)
+
+    def __enter__(self) -> TritonServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

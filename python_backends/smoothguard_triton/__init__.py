@@ -1,0 +1,1 @@
+"""Glue between Triton's Python backend and the smoothguard package (model.py adapters)."""

@@ -1,0 +1,77 @@
+"""What every model.py needs from triton_python_backend_utils, in one place.
+
+Only importable inside the Python backend stub, which provides triton_python_backend_utils.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+from smoothguard.settings import InvalidRequest
+
+log = logging.getLogger("smoothguard")
+
+
+def model_parameters(args: dict[str, Any]) -> dict[str, str]:
+    """The config's `parameters` as plain strings."""
+    config = json.loads(args["model_config"])
+    return {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+
+
+def limit_threads(params: dict[str, str]) -> None:
+    """Cap torch's intra-op threads: Triton runs several model processes on the same cores."""
+    threads = int(params.get("threads", "0") or 0)
+    if threads > 0:
+        import torch
+
+        torch.set_num_threads(threads)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+
+
+def optional_input(request: Any, name: str) -> np.ndarray | None:
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    return None if tensor is None else tensor.as_numpy()
+
+
+def required_input(request: Any, name: str) -> np.ndarray:
+    array = optional_input(request, name)
+    if array is None:
+        raise InvalidRequest(f"input {name} is required")
+    return array
+
+
+def bytes_tensor(name: str, values: Sequence[str], shape: Sequence[int] | None = None) -> Any:
+    array = np.array([v.encode("utf-8") for v in values], dtype=np.object_)
+    if shape is not None:
+        array = array.reshape(shape)
+    return pb_utils.Tensor(name, array)
+
+
+def error_response(exc: BaseException) -> Any:
+    if isinstance(exc, InvalidRequest):
+        code = pb_utils.TritonError.INVALID_ARG
+        message = str(exc)
+    else:
+        code = pb_utils.TritonError.INTERNAL
+        message = f"{type(exc).__name__}: {exc}"
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, code))
+
+
+def respond_each(requests: Sequence[Any], handle: Callable[[Any], list[Any]]) -> list[Any]:
+    """One response per request; a bad request gets its own error and never sinks the others."""
+    responses = []
+    for request in requests:
+        try:
+            responses.append(pb_utils.InferenceResponse(output_tensors=handle(request)))
+        except InvalidRequest as exc:
+            responses.append(error_response(exc))
+        except Exception as exc:
+            log.exception("request failed")
+            responses.append(error_response(exc))
+    return responses

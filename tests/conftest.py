@@ -1,0 +1,68 @@
+"""Shared fixtures: a real tritonserver with the rendered cpu repository, started once."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT / "build"))
+
+from smoothguard.server import ServerPorts, TritonServer  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class RunningServer:
+    server: TritonServer
+    profile: dict[str, Any]
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.server.ports.grpc}"
+
+    @property
+    def http_url(self) -> str:
+        return f"127.0.0.1:{self.server.ports.http}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.server.ports.metrics}/metrics"
+
+
+def start_server(tmp: Path, overrides: list[str]) -> RunningServer:
+    from render import render
+
+    mllm = os.environ.get("SMOOTHGUARD_TEST_MLLM")
+    if mllm:
+        overrides = [*overrides, f"mllm.model_path={mllm}"]
+    repo = render("cpu", tmp / "repo", overrides)
+    ports = ServerPorts(http=free_port(), grpc=free_port(), metrics=free_port())
+    server = TritonServer(repo, ports=ports, work_dir=tmp / "server")
+    server.start(timeout_s=240)
+    return RunningServer(server, json.loads((repo / "profile.json").read_text()))
+
+
+@pytest.fixture(scope="session")
+def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """The cpu profile as a user gets it, with a small image limit so oversize is cheap."""
+    running = start_server(
+        tmp_path_factory.mktemp("triton"), ["defense.max_image_pixels=262144"]
+    )
+    try:
+        yield running
+    finally:
+        running.server.stop()
