@@ -1,0 +1,60 @@
+"""build/render.py: strict templates, overrides, and configs that Triton can parse."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from render import RenderError, parse_model_config, render, render_template
+
+MODELS = {"smoothguard", "noise", "generate", "embedder", "aggregate", "mllm"}
+
+
+def test_cpu_profile_renders_every_model(tmp_path: Path) -> None:
+    out = render("cpu", tmp_path / "repo")
+    assert {p.name for p in out.iterdir() if p.is_dir()} == MODELS
+    for name in MODELS:
+        config = parse_model_config((out / name / "config.pbtxt").read_text(), out / name)
+        assert config.name == name
+        assert "${" not in (out / name / "config.pbtxt").read_text()
+    assert (out / "noise" / "1" / "model.py").exists()
+
+
+def test_defense_settings_reach_the_steps(tmp_path: Path) -> None:
+    out = render("cpu", tmp_path / "repo", ["defense.num_samples=16", "defense.allow_seed=false"])
+    config = parse_model_config((out / "noise" / "config.pbtxt").read_text(), out)
+    assert config.parameters["num_samples"].string_value == "16"
+    assert config.parameters["allow_seed"].string_value == "false"
+
+
+def test_unfilled_placeholder_is_an_error() -> None:
+    with pytest.raises(RenderError, match="nope"):
+        render_template("name: ${nope}", {}, Path("x.tmpl"))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("defense.no_such=1", "no setting"),
+        ("nosection.x=1", "no section"),
+        ("defense.num_samples", "KEY=VALUE"),
+    ],
+)
+def test_bad_overrides_are_errors(tmp_path: Path, override: str, message: str) -> None:
+    with pytest.raises(RenderError, match=message):
+        render("cpu", tmp_path / "repo", [override])
+
+
+def test_out_of_range_default_is_rejected(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="num_samples"):
+        render("cpu", tmp_path / "repo", ["defense.num_samples=0"])
+
+
+def test_embedder_batch_must_fit_num_samples(tmp_path: Path) -> None:
+    with pytest.raises(RenderError, match="max_batch_size"):
+        render("cpu", tmp_path / "repo", ["embedder.max_batch_size=8"])
+
+
+def test_unknown_profile(tmp_path: Path) -> None:
+    with pytest.raises(RenderError, match="unknown profile"):
+        render("tpu", tmp_path / "repo")

@@ -1,0 +1,72 @@
+"""The generate step's fan-out: N BLS calls, order kept, failure modes honoured."""
+
+from __future__ import annotations
+
+import asyncio
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import pytest
+
+from smoothguard.settings import DefenseSettings, resolve_options
+
+
+def make_request(pb: ModuleType, n: int) -> Any:
+    pixels = np.stack([np.full((3, 2, 2), i, np.float32) for i in range(n)])
+    options = resolve_options(DefenseSettings(), num_samples=n, max_new_tokens=7)
+    return pb.Request(
+        PIXEL_VALUES=pixels,
+        PROMPT=np.array([b"what?"], np.object_),
+        OPTIONS=np.array([options.to_json().encode()], np.object_),
+    )
+
+
+def run(module: ModuleType, pb: ModuleType, failure_mode: str, fail: set[int], n: int = 5) -> Any:
+    seen: list[int] = []
+
+    async def handler(call: Any) -> Any:
+        inputs = {t.name(): t.as_numpy() for t in call.inputs}
+        assert call.model_name == "mllm"
+        assert inputs["PIXEL_VALUES"].shape == (1, 3, 2, 2)
+        assert inputs["MAX_NEW_TOKENS"].tolist() == [[7]]
+        index = int(inputs["PIXEL_VALUES"][0, 0, 0, 0])
+        seen.append(index)
+        await asyncio.sleep(0.001 * (n - index))  # finish out of order
+        if index in fail:
+            return pb.InferenceResponse(error=pb.TritonError(f"boom {index}", pb.TritonError.UNAVAILABLE))
+        return pb.InferenceResponse([pb.Tensor("TEXT", np.array([[f"answer {index}".encode()]], np.object_))])
+
+    pb.bls_handler = handler
+    model = module.TritonPythonModel()
+    params = DefenseSettings(failure_mode=failure_mode).to_parameters() | {"mllm_model": "mllm"}
+    model.initialize(pb.model_args(params))
+    (response,) = asyncio.run(model.execute([make_request(pb, n)]))
+    assert sorted(seen) == list(range(n))
+    return response
+
+
+def test_all_answers_in_order(load_model: Any, pb_utils: ModuleType) -> None:
+    response = run(load_model("generate"), pb_utils, "closed", set())
+    texts = [t.decode() for t in response.output("CANDIDATES").reshape(-1)]
+    assert texts == [f"answer {i}" for i in range(5)]
+    assert response.output("CANDIDATES").shape == (5, 1)
+
+
+def test_fail_closed_fails_the_request(load_model: Any, pb_utils: ModuleType) -> None:
+    response = run(load_model("generate"), pb_utils, "closed", {3})
+    assert response.has_error()
+    assert "1 of 5" in response.error().message() and "boom 3" in response.error().message()
+    assert response.error().code() == pb_utils.TritonError.UNAVAILABLE
+
+
+def test_fail_open_votes_with_the_rest(load_model: Any, pb_utils: ModuleType) -> None:
+    response = run(load_model("generate"), pb_utils, "open", {2, 4})
+    texts = [t.decode() for t in response.output("CANDIDATES").reshape(-1)]
+    assert texts == ["answer 0", "answer 1", "answer 3"]
+
+
+@pytest.mark.parametrize("mode", ["open", "closed"])
+def test_losing_the_clean_sample_always_fails(load_model: Any, pb_utils: ModuleType, mode: str) -> None:
+    response = run(load_model("generate"), pb_utils, mode, {0})
+    assert response.has_error() and "unperturbed" in response.error().message()
