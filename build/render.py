@@ -142,6 +142,11 @@ def render(profile_name: str, out: Path, overrides: list[str] | None = None) -> 
                     ignore=shutil.ignore_patterns("__pycache__"),
                 )
     (staging / "profile.json").write_text(json.dumps(profile, indent=2))
+    from check_ensemble import check_repository
+
+    problems = check_repository(staging)
+    if problems:
+        raise RenderError("ensemble does not chain:\n  " + "\n  ".join(problems))
     if out.exists():
         shutil.rmtree(out)
     staging.rename(out)
