@@ -1,0 +1,552 @@
+"""Sync and asyncio clients for the SmoothGuard Triton endpoint (gRPC).
+
+Both clients share everything except the act of waiting: requests are described once as
+`_Call`s (method, arguments, how to decode the answer) by `_ClientBase`, and each client only
+runs them, with the same retry policy, blocking or awaiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+import tritonclient.grpc.aio as aioclient
+from tritonclient.utils import InferenceServerException
+
+from smoothguard_client.images import ImageLike, load_image
+from smoothguard_client.result import DefendedAnswer, SmoothGuardError
+
+DEFAULT_URL = "localhost:8001"
+DEFAULT_MODEL = "smoothguard"
+POLICIES = ("answer", "monitor", "abstain", "refuse")
+# The steps of the ensemble; health() reports each so a broken step is named, not guessed.
+PIPELINE_MODELS = ("noise", "generate", "aggregate")
+EMBED_BATCH_SIZE = 64  # the embedder's max_batch_size
+
+InferInput = grpcclient.InferInput
+
+
+# ---------------------------------------------------------------- input builders (shared)
+
+
+def _bytes_input(name: str, values: Sequence[str | bytes], shape: Sequence[int]) -> InferInput:
+    array = np.array(
+        [v.encode("utf-8") if isinstance(v, str) else bytes(v) for v in values], dtype=np.object_
+    ).reshape(shape)
+    item = InferInput(name, list(array.shape), "BYTES")
+    item.set_data_from_numpy(array)
+    return item
+
+
+def _array_input(name: str, array: np.ndarray, wire: str) -> InferInput:
+    item = InferInput(name, list(array.shape), wire)
+    item.set_data_from_numpy(array)
+    return item
+
+
+def _check_text(name: str, value: object) -> str | bytes:
+    if not isinstance(value, str | bytes):
+        raise TypeError(f"{name} must be a str, got {type(value).__name__}")
+    return value
+
+
+def _int_array(name: str, value: object, dtype: type[np.integer], shape: Sequence[int]) -> Any:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
+    info = np.iinfo(dtype)
+    if not info.min <= int(value) <= info.max:
+        raise ValueError(f"{name} must fit in {np.dtype(dtype).name}, got {value}")
+    return np.full(shape, int(value), dtype=dtype)
+
+
+def _float_array(name: str, value: object, shape: Sequence[int]) -> np.ndarray:
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    if not math.isfinite(float(value)):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return np.full(shape, float(value), dtype=np.float32)
+
+
+def build_ask_inputs(
+    image: ImageLike,
+    prompt: str,
+    *,
+    sigma: float | None = None,
+    num_samples: int | None = None,
+    seed: int | None = None,
+    max_new_tokens: int | None = None,
+    policy: str | None = None,
+    return_candidates: bool = False,
+) -> list[InferInput]:
+    """Inputs for the smoothguard ensemble; unset options are left out so the server decides."""
+    payload = load_image(image)
+    if payload.encoded is not None:
+        inputs = [_bytes_input("IMAGE_BYTES", [payload.encoded], [1])]
+    else:
+        assert payload.array is not None
+        inputs = [_array_input("IMAGE", payload.array, "UINT8")]
+    inputs.append(_bytes_input("PROMPT", [_check_text("prompt", prompt)], [1]))
+    if sigma is not None:
+        inputs.append(_array_input("SIGMA", _float_array("sigma", sigma, [1]), "FP32"))
+    if num_samples is not None:
+        array = _int_array("num_samples", num_samples, np.int32, [1])
+        inputs.append(_array_input("NUM_SAMPLES", array, "INT32"))
+    if seed is not None:
+        inputs.append(_array_input("SEED", _int_array("seed", seed, np.int64, [1]), "INT64"))
+    if max_new_tokens is not None:
+        array = _int_array("max_new_tokens", max_new_tokens, np.int32, [1])
+        inputs.append(_array_input("MAX_NEW_TOKENS", array, "INT32"))
+    if policy is not None:
+        if policy not in POLICIES:
+            raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got {policy!r}")
+        inputs.append(_bytes_input("POLICY", [policy], [1]))
+    if return_candidates:
+        inputs.append(_array_input("RETURN_CANDIDATES", np.array([True]), "BOOL"))
+    return inputs
+
+
+def build_undefended_inputs(
+    image: ImageLike, prompt: str, *, max_new_tokens: int | None = None
+) -> list[InferInput]:
+    """Inputs for the bare mllm (batch of one); it takes raw pixels only, so decode here."""
+    array = load_image(image).to_array()
+    inputs = [
+        _array_input("IMAGE", array[np.newaxis], "UINT8"),
+        _bytes_input("PROMPT", [_check_text("prompt", prompt)], [1, 1]),
+    ]
+    if max_new_tokens is not None:
+        array = _int_array("max_new_tokens", max_new_tokens, np.int32, [1, 1])
+        inputs.append(_array_input("MAX_NEW_TOKENS", array, "INT32"))
+    return inputs
+
+
+def build_embed_inputs(texts: Sequence[str]) -> list[InferInput]:
+    """One embedder batch: TEXT [b, 1]."""
+    if not texts:
+        raise ValueError("texts is empty")
+    values = [_check_text("texts[]", t) for t in texts]
+    return [_bytes_input("TEXT", values, [len(values), 1])]
+
+
+def _text_batches(texts: str | Sequence[str], batch_size: int) -> list[list[str]]:
+    items = [texts] if isinstance(texts, str) else list(texts)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    return [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
+
+
+def _stack_embeddings(parts: Sequence[np.ndarray]) -> np.ndarray:
+    if not parts:
+        return np.zeros((0, 0), dtype=np.float32)
+    return np.concatenate(parts, axis=0)
+
+
+# ---------------------------------------------------------------- retries (shared)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff for unreachable servers only: inference is idempotent, bad input isn't
+    going to get better."""
+
+    retries: int = 2
+    backoff_s: float = 0.5
+    max_backoff_s: float = 8.0
+
+    def __post_init__(self) -> None:
+        if self.retries < 0:
+            raise ValueError(f"retries must be >= 0, got {self.retries}")
+        if self.backoff_s < 0 or self.max_backoff_s < 0:
+            raise ValueError("backoff_s and max_backoff_s must be >= 0")
+
+    def delay_s(self, attempt: int, error: SmoothGuardError) -> float | None:
+        """Seconds to wait after failed attempt number `attempt` (0-based), or None to give up."""
+        if not error.is_retryable or attempt >= self.retries:
+            return None
+        return min(self.backoff_s * 2**attempt, self.max_backoff_s)
+
+
+@dataclass(frozen=True)
+class _Call:
+    """One RPC on the tritonclient client, and what to make of its answer."""
+
+    method: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    decode: Callable[[Any], Any] = lambda response: response
+    # Called with a non-retryable error instead of raising it (None: raise).
+    on_error: Callable[[SmoothGuardError], Any] | None = None
+
+
+def _not_ready(error: SmoothGuardError) -> bool:
+    if error.is_retryable:
+        raise error
+    return False
+
+
+def _normalize_url(url: str, ssl: bool) -> tuple[str, bool]:
+    if url.startswith("grpcs://"):
+        return url.removeprefix("grpcs://"), True
+    return url.removeprefix("grpc://"), ssl
+
+
+class _ClientBase:
+    """Configuration and request/answer shapes common to both clients."""
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        *,
+        model: str = DEFAULT_MODEL,
+        undefended_model: str = "mllm",
+        embedder_model: str = "embedder",
+        timeout_s: float | None = 60.0,
+        retries: int = 2,
+        backoff_s: float = 0.5,
+        max_backoff_s: float = 8.0,
+        ssl: bool = False,
+        root_certificates: str | None = None,
+        private_key: str | None = None,
+        certificate_chain: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        verbose: bool = False,
+    ) -> None:
+        if timeout_s is not None and timeout_s <= 0:
+            raise ValueError(f"timeout_s must be positive (or None for no limit), got {timeout_s}")
+        self.url, ssl = _normalize_url(url, ssl)
+        self.model = model
+        self.undefended_model = undefended_model
+        self.embedder_model = embedder_model
+        self.timeout_s = timeout_s
+        self.retry = RetryPolicy(retries, backoff_s, max_backoff_s)
+        self.headers = dict(headers) if headers else None
+        self._connection: dict[str, Any] = {
+            "url": self.url,
+            "verbose": verbose,
+            "ssl": ssl,
+            "root_certificates": root_certificates,
+            "private_key": private_key,
+            "certificate_chain": certificate_chain,
+        }
+        self._open()
+
+    def _open(self) -> None:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.url!r}, model={self.model!r})"
+
+    @property
+    def health_models(self) -> list[str]:
+        names = [self.model, *PIPELINE_MODELS, self.embedder_model, self.undefended_model]
+        return list(dict.fromkeys(names))
+
+    def _common(self) -> dict[str, Any]:
+        return {"client_timeout": self.timeout_s, "headers": self.headers}
+
+    def _ask_call(
+        self,
+        image: ImageLike,
+        prompt: str,
+        *,
+        request_id: str | None = None,
+        **options: Any,
+    ) -> _Call:
+        started = time.perf_counter()
+        inputs = build_ask_inputs(image, prompt, **options)
+
+        def decode(result: Any) -> DefendedAnswer:
+            latency = time.perf_counter() - started
+            return DefendedAnswer.from_infer_result(result, latency, model=self.model)
+
+        kwargs = {"model_name": self.model, "inputs": inputs, "request_id": request_id or ""}
+        return _Call("infer", {**kwargs, **self._common()}, decode)
+
+    def _undefended_call(
+        self, image: ImageLike, prompt: str, *, max_new_tokens: int | None = None
+    ) -> _Call:
+        inputs = build_undefended_inputs(image, prompt, max_new_tokens=max_new_tokens)
+
+        def decode(result: Any) -> str:
+            text = result.as_numpy("TEXT")
+            if text is None or text.size != 1:
+                raise SmoothGuardError("INVALID_RESPONSE", "mllm answered without one TEXT")
+            value = text.reshape(-1)[0]
+            return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value
+
+        kwargs = {"model_name": self.undefended_model, "inputs": inputs}
+        return _Call("infer", {**kwargs, **self._common()}, decode)
+
+    def _embed_call(self, texts: Sequence[str]) -> _Call:
+        def decode(result: Any) -> np.ndarray:
+            embedding = result.as_numpy("EMBEDDING")
+            if embedding is None or embedding.ndim != 2 or len(embedding) != len(texts):
+                raise SmoothGuardError(
+                    "INVALID_RESPONSE", f"embedder did not return {len(texts)} embeddings"
+                )
+            return embedding.astype(np.float32, copy=False)
+
+        kwargs = {"model_name": self.embedder_model, "inputs": build_embed_inputs(texts)}
+        return _Call("infer", {**kwargs, **self._common()}, decode)
+
+    def _health_calls(self) -> dict[str, _Call]:
+        common = self._common()
+        calls = {
+            "live": _Call("is_server_live", common),
+            "server_ready": _Call("is_server_ready", common),
+            "metadata": _Call("get_server_metadata", common),
+        }
+        for name in self.health_models:
+            calls[f"model:{name}"] = _Call(
+                "is_model_ready", {"model_name": name, **common}, on_error=_not_ready
+            )
+        return calls
+
+    def _health_from(self, results: Mapping[str, Any]) -> dict[str, Any]:
+        models = {
+            key.removeprefix("model:"): bool(value)
+            for key, value in results.items()
+            if key.startswith("model:")
+        }
+        metadata = results["metadata"]
+        return {
+            "url": self.url,
+            "live": bool(results["live"]),
+            "ready": bool(results["server_ready"]) and all(models.values()),
+            "server_ready": bool(results["server_ready"]),
+            "server": str(getattr(metadata, "name", "")),
+            "version": str(getattr(metadata, "version", "")),
+            "models": models,
+        }
+
+
+def _failure(exc: InferenceServerException) -> SmoothGuardError:
+    return SmoothGuardError.from_exception(exc)
+
+
+class SmoothGuardClient(_ClientBase):
+    """Blocking client; thread-safe for concurrent ask() calls (gRPC channels are)."""
+
+    _triton: grpcclient.InferenceServerClient | None
+
+    def _open(self) -> None:
+        self._triton = grpcclient.InferenceServerClient(**self._connection)
+
+    def __enter__(self) -> SmoothGuardClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._triton is not None:
+            self._triton.close()
+            self._triton = None
+
+    def _run(self, call: _Call) -> Any:
+        if self._triton is None:
+            raise RuntimeError("client is closed")
+        method = getattr(self._triton, call.method)
+        attempt = 0
+        while True:
+            try:
+                response = method(**call.kwargs)
+            except InferenceServerException as exc:
+                error = _failure(exc)
+                delay = self.retry.delay_s(attempt, error)
+                if delay is None:
+                    if call.on_error is not None:
+                        return call.on_error(error)
+                    raise error from exc
+            else:
+                return call.decode(response)
+            time.sleep(delay)
+            attempt += 1
+
+    def ask(
+        self,
+        image: ImageLike,
+        prompt: str,
+        *,
+        sigma: float | None = None,
+        num_samples: int | None = None,
+        seed: int | None = None,
+        max_new_tokens: int | None = None,
+        policy: str | None = None,
+        return_candidates: bool = False,
+        request_id: str | None = None,
+    ) -> DefendedAnswer:
+        """Ask the defended model; latency_s covers the whole call, retries included."""
+        return self._run(
+            self._ask_call(
+                image,
+                prompt,
+                sigma=sigma,
+                num_samples=num_samples,
+                seed=seed,
+                max_new_tokens=max_new_tokens,
+                policy=policy,
+                return_candidates=return_candidates,
+                request_id=request_id,
+            )
+        )
+
+    def ask_undefended(
+        self, image: ImageLike, prompt: str, *, max_new_tokens: int | None = None
+    ) -> str:
+        """The bare model's answer, for comparing against the defended one."""
+        return self._run(self._undefended_call(image, prompt, max_new_tokens=max_new_tokens))
+
+    def embed(
+        self, texts: str | Sequence[str], *, batch_size: int = EMBED_BATCH_SIZE
+    ) -> np.ndarray:
+        """Embeddings [n, D] float32, in batches the embedder accepts; (0, 0) for no texts."""
+        parts = [self._run(self._embed_call(b)) for b in _text_batches(texts, batch_size)]
+        return _stack_embeddings(parts)
+
+    def health(self) -> dict[str, Any]:
+        """live, ready, server_ready, server, version, models {name: ready}.
+
+        Raises SmoothGuardError (UNAVAILABLE) when the server cannot be reached at all.
+        """
+        return self._health_from({k: self._run(c) for k, c in self._health_calls().items()})
+
+    def wait_until_ready(self, timeout_s: float = 300.0, poll_s: float = 1.0) -> dict[str, Any]:
+        """Block until health() says ready (e.g. while models load); DEADLINE_EXCEEDED if not."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                health = self.health()
+                if health["ready"]:
+                    return health
+                detail = f"not ready: {health['models']}"
+            except SmoothGuardError as exc:
+                if not exc.is_retryable:
+                    raise
+                detail = exc.message
+            if time.monotonic() + poll_s > deadline:
+                raise SmoothGuardError("DEADLINE_EXCEEDED", f"{self.url} {detail}")
+            time.sleep(poll_s)
+
+
+class AsyncSmoothGuardClient(_ClientBase):
+    """asyncio client (tritonclient.grpc.aio); create and use it inside one event loop."""
+
+    _triton: aioclient.InferenceServerClient | None
+
+    def _open(self) -> None:
+        self._triton = None
+        self._closed = False
+
+    async def __aenter__(self) -> AsyncSmoothGuardClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._triton is not None:
+            await self._triton.close()
+            self._triton = None
+
+    def _client(self) -> aioclient.InferenceServerClient:
+        # Made on first use so the grpc.aio channel binds to the running loop.
+        if self._closed:
+            raise RuntimeError("client is closed")
+        if self._triton is None:
+            self._triton = aioclient.InferenceServerClient(**self._connection)
+        return self._triton
+
+    async def _run(self, call: _Call) -> Any:
+        method = getattr(self._client(), call.method)
+        attempt = 0
+        while True:
+            try:
+                response = await method(**call.kwargs)
+            except InferenceServerException as exc:
+                error = _failure(exc)
+                delay = self.retry.delay_s(attempt, error)
+                if delay is None:
+                    if call.on_error is not None:
+                        return call.on_error(error)
+                    raise error from exc
+            else:
+                return call.decode(response)
+            await asyncio.sleep(delay)
+            attempt += 1
+
+    async def ask(
+        self,
+        image: ImageLike,
+        prompt: str,
+        *,
+        sigma: float | None = None,
+        num_samples: int | None = None,
+        seed: int | None = None,
+        max_new_tokens: int | None = None,
+        policy: str | None = None,
+        return_candidates: bool = False,
+        request_id: str | None = None,
+    ) -> DefendedAnswer:
+        """Ask the defended model; image loading runs in a thread to keep the loop free."""
+        call = await asyncio.to_thread(
+            self._ask_call,
+            image,
+            prompt,
+            sigma=sigma,
+            num_samples=num_samples,
+            seed=seed,
+            max_new_tokens=max_new_tokens,
+            policy=policy,
+            return_candidates=return_candidates,
+            request_id=request_id,
+        )
+        return await self._run(call)
+
+    async def ask_undefended(
+        self, image: ImageLike, prompt: str, *, max_new_tokens: int | None = None
+    ) -> str:
+        """The bare model's answer, for comparing against the defended one."""
+        call = await asyncio.to_thread(
+            self._undefended_call, image, prompt, max_new_tokens=max_new_tokens
+        )
+        return await self._run(call)
+
+    async def embed(
+        self, texts: str | Sequence[str], *, batch_size: int = EMBED_BATCH_SIZE
+    ) -> np.ndarray:
+        """Embeddings [n, D] float32; batches go out concurrently."""
+        batches = _text_batches(texts, batch_size)
+        parts = await asyncio.gather(*(self._run(self._embed_call(b)) for b in batches))
+        return _stack_embeddings(parts)
+
+    async def health(self) -> dict[str, Any]:
+        """Same as SmoothGuardClient.health, with the probes sent concurrently."""
+        calls = self._health_calls()
+        values = await asyncio.gather(*(self._run(c) for c in calls.values()))
+        return self._health_from(dict(zip(calls, values, strict=True)))
+
+    async def wait_until_ready(
+        self, timeout_s: float = 300.0, poll_s: float = 1.0
+    ) -> dict[str, Any]:
+        """Wait until health() says ready; DEADLINE_EXCEEDED if it does not in time."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                health = await self.health()
+                if health["ready"]:
+                    return health
+                detail = f"not ready: {health['models']}"
+            except SmoothGuardError as exc:
+                if not exc.is_retryable:
+                    raise
+                detail = exc.message
+            if time.monotonic() + poll_s > deadline:
+                raise SmoothGuardError("DEADLINE_EXCEEDED", f"{self.url} {detail}")
+            await asyncio.sleep(poll_s)
