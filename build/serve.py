@@ -1,6 +1,6 @@
 """Render a profile and run tritonserver in the foreground (signals go straight to it).
 
-    python build/serve.py --profile cpu [--grpc-port 8001 --http-port 8000 --metrics-port 8002]
+python build/serve.py --profile cpu [--grpc-port 8001 --http-port 8000 --metrics-port 8002]
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ sys.path.insert(0, str(REPO_ROOT / "python_backends"))
 sys.path.insert(0, str(REPO_ROOT / "build"))
 
 from render import RenderError, render  # noqa: E402
-
 from smoothguard.server import ServerPorts, TritonServer, server_environment  # noqa: E402
 
 
@@ -27,8 +26,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--metrics-port", type=int, default=int(os.environ.get("METRICS_PORT", 8002))
     )
-    parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="SECTION.KEY=VALUE", help="override one profile setting")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one profile setting",
+    )
     parser.add_argument("server_args", nargs="*", help="extra tritonserver flags (after --)")
     args = parser.parse_args(argv)
     try:

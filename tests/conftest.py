@@ -59,9 +59,7 @@ def start_server(tmp: Path, overrides: list[str]) -> RunningServer:
 @pytest.fixture(scope="session")
 def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     """The cpu profile as a user gets it, with a small image limit so oversize is cheap."""
-    running = start_server(
-        tmp_path_factory.mktemp("triton"), ["defense.max_image_pixels=262144"]
-    )
+    running = start_server(tmp_path_factory.mktemp("triton"), ["defense.max_image_pixels=262144"])
     try:
         yield running
     finally:

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
 from smoothguard.kmeans import kmeans2
 from smoothguard.xp import array_module, to_numpy
 

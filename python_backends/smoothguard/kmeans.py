@@ -28,14 +28,17 @@ Conventions (the aggregator relies on them):
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
 import numpy as np
+
 from smoothguard.xp import array_module
 
 EXACT_MAX_N = 12
+EXACT_LIMIT = 16  # 32767 partitions; beyond that the exhaustive search costs more than it buys
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,8 @@ def kmeans2(
         raise ValueError("x needs at least one point per request")
     if max_iter < 1:
         raise ValueError(f"max_iter must be >= 1, got {max_iter}")
+    if exact_max_n > EXACT_LIMIT:
+        raise ValueError(f"exact_max_n above {EXACT_LIMIT} would score 2**(N-1) partitions")
     out_dtype = x.dtype if np.issubdtype(x.dtype, np.floating) else np.float64
     x64 = xp.asarray(x, dtype=xp.float64)
     if not bool(xp.all(xp.isfinite(x64))):
@@ -73,8 +78,8 @@ def kmeans2(
 
     sqnorm = xp.einsum("bnd,bnd->bn", x64, x64)  # [B, N]
     scale = sqnorm.mean(axis=1)  # [B]
-    mean = x64.mean(axis=1, keepdims=True)
-    spread = ((x64 - mean) ** 2).sum(axis=2)  # [B, N]
+    diff = x64 - x64.mean(axis=1, keepdims=True)
+    spread = xp.einsum("bnd,bnd->bn", diff, diff)  # [B, N], exact zeros for identical points
     degenerate = spread.max(axis=1) <= same_tol * scale  # [B]
 
     if b == 0 or n == 1:
@@ -95,22 +100,36 @@ def kmeans2(
 
 def _exact(xp: ModuleType, gram: Any) -> Any:
     """Score every bipartition with point 0 in cluster 0; returns the best labels [B, N]."""
-    n = gram.shape[1]
-    codes = xp.arange(1, 2 ** (n - 1), dtype=xp.int64)  # [P]; 0 would leave cluster 1 empty
-    bits = (codes[:, None] >> xp.arange(n - 1, dtype=xp.int64)[None, :]) & 1
-    masks = xp.concatenate([xp.zeros((codes.shape[0], 1), dtype=xp.int64), bits], axis=1)
+    b, n, _ = gram.shape
+    masks, pairs = _partitions(xp, n)
     m = masks.astype(xp.float64)  # [P, N], 1 = in cluster 1
     n1 = m.sum(axis=1)  # [P]
     n0 = n - n1
     row = gram.sum(axis=2)  # [B, N] = G 1
     total = row.sum(axis=1)  # [B] = 1^T G 1
-    gm = m @ gram  # [B, P, N]
-    s1 = (gm * m[None]).sum(axis=2)  # [B, P] = m^T G m
+    s1 = gram.reshape(b, n * n) @ pairs.T  # [B, P] = m^T G m, one GEMM for the whole batch
     s0 = total[:, None] - 2.0 * (row @ m.T) + s1  # (1-m)^T G (1-m)
     # inertia = trace(G) - s0/n0 - s1/n1; the trace is the same for every partition.
     score = s0 / n0[None] + s1 / n1[None]
     best = xp.argmax(score, axis=1)  # first maximum: deterministic on exact ties
     return masks[best].astype(xp.int32)
+
+
+def _partitions(xp: ModuleType, n: int) -> tuple[Any, Any]:
+    """Masks [P, N] of all bipartitions (point 0 always in cluster 0) and their outer products
+    flattened to [P, N*N]; cached because they depend on N only."""
+    device = 0 if xp.__name__ == "numpy" else int(xp.cuda.Device().id)
+    return _partitions_cached(xp, n, device)
+
+
+@functools.lru_cache(maxsize=32)
+def _partitions_cached(xp: ModuleType, n: int, device: int) -> tuple[Any, Any]:
+    codes = xp.arange(1, 2 ** (n - 1), dtype=xp.int64)  # [P]; 0 would leave cluster 1 empty
+    bits = (codes[:, None] >> xp.arange(n - 1, dtype=xp.int64)[None, :]) & 1
+    masks = xp.concatenate([xp.zeros((codes.shape[0], 1), dtype=xp.int64), bits], axis=1)
+    m = masks.astype(xp.float64)
+    pairs = (m[:, :, None] * m[:, None, :]).reshape(m.shape[0], n * n)
+    return masks, pairs
 
 
 def _lloyd(xp: ModuleType, gram: Any, *, max_iter: int, tol: float, scale: Any) -> Any:
@@ -129,26 +148,32 @@ def _lloyd(xp: ModuleType, gram: Any, *, max_iter: int, tol: float, scale: Any) 
     w = xp.zeros((b, p, 2, n), dtype=xp.float64)
     w[..., 0, :] = a[..., None] == idx
     w[..., 1, :] = bb[..., None] == idx
-    g4 = gram[:, None]  # [B, 1, N, N]
     thresh = (tol * scale)[:, None, None]
     labels = None
     for _ in range(max_iter):
-        new_labels, _ = _assign(xp, w, g4, diag)
+        new_labels, _ = _assign(xp, w, gram, diag)
         w_new = _update(xp, w, new_labels)
         delta = w_new - w
-        shift = ((delta @ g4) * delta).sum(axis=3)  # [B, P, 2] squared centroid moves
+        shift = (_times_gram(delta, gram) * delta).sum(axis=3)  # [B, P, 2] squared moves
         w = w_new
         stable = labels is not None and bool(xp.all(new_labels == labels))
         labels = new_labels
         if stable or bool(xp.all(shift <= thresh)):
             break
-    labels, cost = _assign(xp, w, g4, diag)
+    labels, cost = _assign(xp, w, gram, diag)
     best = xp.argmin(cost, axis=1)  # [B]
     return xp.take_along_axis(labels, best[:, None, None], axis=1)[:, 0].astype(xp.int32)
 
 
-def _assign(xp: ModuleType, w: Any, g4: Any, diag: Any) -> tuple[Any, Any]:
-    gw = w @ g4  # [B, P, 2, N]
+def _times_gram(w: Any, gram: Any) -> Any:
+    """``w @ G`` for w [B, P, 2, N] as one [P*2, N] x [N, N] product per request (stacked
+    tiny matmuls are far slower in NumPy)."""
+    b, p, k, n = w.shape
+    return (w.reshape(b, p * k, n) @ gram).reshape(b, p, k, n)
+
+
+def _assign(xp: ModuleType, w: Any, gram: Any, diag: Any) -> tuple[Any, Any]:
+    gw = _times_gram(w, gram)  # [B, P, 2, N]
     quad = (gw * w).sum(axis=3)  # [B, P, 2]
     d = diag[:, None, None, :] - 2.0 * gw + quad[..., None]  # [B, P, 2, N]
     labels = d[:, :, 1, :] < d[:, :, 0, :]  # ties go to cluster 0
@@ -169,6 +194,6 @@ def _centroids(xp: ModuleType, x64: Any, labels: Any) -> tuple[Any, Any]:
     counts = members.sum(axis=2, keepdims=True)  # [B, 2, 1]
     centroids = (members @ x64) / xp.maximum(counts, 1.0)  # [B, 2, D]
     centroids = xp.where(counts > 0, centroids, centroids[:, :1])
-    own = xp.where(labels[:, :, None] == 1, centroids[:, 1:2], centroids[:, 0:1])  # [B, N, D]
-    inertia = ((x64 - own) ** 2).sum(axis=(1, 2))
+    diff = x64 - centroids[xp.arange(labels.shape[0])[:, None], labels]  # [B, N, D]
+    inertia = xp.einsum("bnd,bnd->b", diff, diff)
     return centroids, inertia

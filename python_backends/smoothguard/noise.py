@@ -20,6 +20,7 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
+
 from smoothguard.settings import NOISE_UNITS, NoiseUnit
 from smoothguard.xp import array_module
 

@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
 from smoothguard.aggregate import select_one
 from smoothguard.noise import make_rng, noisy_copies
 from smoothguard.policy import decide

@@ -12,6 +12,7 @@ import warnings
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
 from smoothguard.settings import InvalidRequest
 
 

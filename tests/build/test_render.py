@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from render import RenderError, parse_model_config, render, render_template
 
 MODELS = {"smoothguard", "noise", "generate", "embedder", "aggregate", "mllm"}

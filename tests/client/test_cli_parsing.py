@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pytest
 from PIL import Image
+
 from smoothguard_client import DefendedAnswer, SmoothGuardError, cli
 from smoothguard_client.cli import SUBCOMMANDS, build_parser, main
 

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from PIL import Image
+
 from smoothguard_client.images import ImagePayload, encoded_format, load_image
 
 

@@ -15,9 +15,16 @@ from typing import Any
 
 import numpy as np
 import pytest
-import smoothguard_client.client as client_module
 import tritonclient.grpc as grpcclient
 from PIL import Image
+from tritonclient.grpc import service_pb2
+from tritonclient.utils import (
+    InferenceServerException,
+    deserialize_bytes_tensor,
+    serialize_byte_tensor,
+)
+
+import smoothguard_client.client as client_module
 from smoothguard_client import (
     AsyncSmoothGuardClient,
     DefendedAnswer,
@@ -27,12 +34,6 @@ from smoothguard_client import (
     build_ask_inputs,
     build_embed_inputs,
     build_undefended_inputs,
-)
-from tritonclient.grpc import service_pb2
-from tritonclient.utils import (
-    InferenceServerException,
-    deserialize_bytes_tensor,
-    serialize_byte_tensor,
 )
 
 PIXELS = np.arange(4 * 6 * 3, dtype=np.uint8).reshape(4, 6, 3)

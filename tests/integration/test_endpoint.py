@@ -152,15 +152,19 @@ def bad_requests(triton: Any, scene: Any) -> dict[str, list[grpcclient.InferInpu
     side = int(np.sqrt(limits["max_image_pixels"])) + 1
     return {
         "float image": request(image.astype(np.float32), prompt),
-        "four channels": [tensor("IMAGE", np.zeros((8, 8, 4), np.uint8), "UINT8"),
-                          *request(image, prompt)[1:]],  # fmt: skip
+        "four channels": [
+            tensor("IMAGE", np.zeros((8, 8, 4), np.uint8), "UINT8"),
+            *request(image, prompt)[1:],
+        ],
         "NaN sigma": request(image, prompt, sigma=float("nan")),
         "sigma too big": request(image, prompt, sigma=limits.get("sigma_max", 1.0) + 1),
         "negative sigma": request(image, prompt, sigma=-0.1),
         "zero samples": request(image, prompt, num_samples=0),
         "too many samples": request(image, prompt, num_samples=limits["num_samples_max"] + 1),
         "zero tokens": request(image, prompt, max_new_tokens=0),
-        "too many tokens": request(image, prompt, max_new_tokens=limits["max_new_tokens_limit"] + 1),
+        "too many tokens": request(
+            image, prompt, max_new_tokens=limits["max_new_tokens_limit"] + 1
+        ),
         "unknown policy": request(image, prompt, policy="yolo"),
         "negative seed": request(image, prompt, seed=-5),
         "empty prompt": request(image, "   "),
@@ -168,8 +172,10 @@ def bad_requests(triton: Any, scene: Any) -> dict[str, list[grpcclient.InferInpu
         "oversized image": request(np.zeros((side, side, 3), np.uint8), prompt),
         "undecodable bytes": request(b"definitely not a png", prompt),
         "no image": request(image, prompt)[1:],
-        "two images": [tensor("IMAGE_BYTES", np.array([png_bytes(image)], np.object_), "BYTES"),
-                       *request(image, prompt)],  # fmt: skip
+        "two images": [
+            tensor("IMAGE_BYTES", np.array([png_bytes(image)], np.object_), "BYTES"),
+            *request(image, prompt),
+        ],
     }
 
 
@@ -220,7 +226,9 @@ def test_mllm_directly(client: Any, scene: Any) -> None:
     nan = noise_output(client, scene.image, num_samples=1)
     nan[0, 0, 0, 0] = np.nan
     with pytest.raises(InferenceServerException) as info:
-        client.infer("mllm", [tensor("PIXEL_VALUES", nan, "FP32"), tensor("PROMPT", [[prompt]], "BYTES")])
+        client.infer(
+            "mllm", [tensor("PIXEL_VALUES", nan, "FP32"), tensor("PROMPT", [[prompt]], "BYTES")]
+        )
     assert info.value.status() == "StatusCode.INVALID_ARGUMENT"
     assert "NaN" in info.value.message()
 

@@ -28,7 +28,9 @@ def unit(rows: list[list[float]]) -> np.ndarray:
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
-def test_majority_wins_and_outvoted_original_is_flagged(load_model: Any, pb_utils: ModuleType) -> None:
+def test_majority_wins_and_outvoted_original_is_flagged(
+    load_model: Any, pb_utils: ModuleType
+) -> None:
     texts = ["attacked", "yes", "yes", "yes.", "yes"]
     vectors = unit([[0, 1], [1, 0], [1, 0.01], [1, 0.02], [1, 0]])
     response = aggregate(load_model, pb_utils, texts, vectors, return_candidates=True)

@@ -34,8 +34,12 @@ def run(module: ModuleType, pb: ModuleType, failure_mode: str, fail: set[int], n
         seen.append(index)
         await asyncio.sleep(0.001 * (n - index))  # finish out of order
         if index in fail:
-            return pb.InferenceResponse(error=pb.TritonError(f"boom {index}", pb.TritonError.UNAVAILABLE))
-        return pb.InferenceResponse([pb.Tensor("TEXT", np.array([[f"answer {index}".encode()]], np.object_))])
+            return pb.InferenceResponse(
+                error=pb.TritonError(f"boom {index}", pb.TritonError.UNAVAILABLE)
+            )
+        return pb.InferenceResponse(
+            [pb.Tensor("TEXT", np.array([[f"answer {index}".encode()]], np.object_))]
+        )
 
     pb.bls_handler = handler
     model = module.TritonPythonModel()
@@ -67,6 +71,8 @@ def test_fail_open_votes_with_the_rest(load_model: Any, pb_utils: ModuleType) ->
 
 
 @pytest.mark.parametrize("mode", ["open", "closed"])
-def test_losing_the_clean_sample_always_fails(load_model: Any, pb_utils: ModuleType, mode: str) -> None:
+def test_losing_the_clean_sample_always_fails(
+    load_model: Any, pb_utils: ModuleType, mode: str
+) -> None:
     response = run(load_model("generate"), pb_utils, mode, {0})
     assert response.has_error() and "unperturbed" in response.error().message()

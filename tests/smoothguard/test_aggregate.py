@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from smoothguard.aggregate import Selection, select, select_one
 
 CAT = np.array([1.0, 0.0, 0.0])
@@ -92,6 +93,12 @@ def test_duplicates_prefer_original_then_lowest_index() -> None:
     assert sel.chosen_index == 1  # all four CATs are equally near: lowest index
     sel = select_one(_emb([CAT, DOG, CAT, CAT, DOG, CAT]))
     assert sel.chosen_index == 0  # the original is among the equally near
+
+
+def test_jittered_duplicates_prefer_a_non_zero_original_index() -> None:
+    x = _emb([CAT] * 6 + [DOG] * 2, jitter=1e-5, seed=4)
+    assert select_one(x, original_index=3).chosen_index == 3
+    assert select_one(x, original_index=3, same_tol=0.0).chosen_index != 3  # jitter decides
 
 
 def test_empty_answers_are_never_chosen() -> None:

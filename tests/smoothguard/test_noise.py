@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import types
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from smoothguard.noise import make_rng, noisy_copies, pixel_sigma
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -131,6 +134,14 @@ def test_unseeded_calls_differ() -> None:
     b = _copies(img, seed=None)
     assert not np.array_equal(a[1:], b[1:])
     assert make_rng(np, None).integers(1 << 62) != make_rng(np, None).integers(1 << 62)
+
+
+def test_unseeded_cupy_generator_gets_os_entropy() -> None:
+    """CuPy path without a GPU: a stand-in module records the seed it is given."""
+    fake = types.SimpleNamespace(random=types.SimpleNamespace(default_rng=lambda seed: seed))
+    seeds = {make_rng(fake, None) for _ in range(4)}
+    assert len(seeds) == 4 and all(0 <= s < 2**63 for s in seeds)
+    assert make_rng(fake, 5) == 5
 
 
 def test_batched_noise_is_independent_across_requests() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from smoothguard.pipeline import DefendedAnswer, SmoothGuard
 from smoothguard.settings import DefenseSettings, resolve_options
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from smoothguard.aggregate import Selection
 from smoothguard.policy import Decision, decide
 from smoothguard.settings import DefenseSettings

@@ -8,6 +8,7 @@ import types
 
 import numpy as np
 import pytest
+
 from smoothguard import xp as xpmod
 
 
