@@ -2,6 +2,7 @@
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
+
 from smoothguard.aggregate import select_one
 from smoothguard.policy import decide
 from smoothguard.settings import DefenseSettings, InvalidRequest, RequestOptions

@@ -2,6 +2,7 @@
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
+
 from smoothguard.embedder import SentenceEncoder
 from smoothguard.settings import InvalidRequest
 from smoothguard_triton.glue import error_response, limit_threads, model_parameters, required_input

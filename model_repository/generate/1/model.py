@@ -4,6 +4,7 @@ import asyncio
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
+
 from smoothguard.settings import DefenseSettings, RequestOptions
 from smoothguard_triton.glue import bytes_tensor, error_response, model_parameters, required_input
 

@@ -5,6 +5,7 @@ from collections import defaultdict
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
+
 from smoothguard.mllm import VisionLanguageModel
 from smoothguard.settings import DefenseSettings, InvalidRequest, resolve_options
 from smoothguard.validation import check_image_array, check_pixel_values, decode_prompt

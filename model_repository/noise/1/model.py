@@ -1,6 +1,7 @@
 """Triton adapter for step 1 of smoothguard (validate, preprocess, make N noisy inputs)."""
 
 import triton_python_backend_utils as pb_utils
+
 from smoothguard.noise import make_rng, noisy_copies
 from smoothguard.preprocess import ImagePreprocessor
 from smoothguard.settings import DefenseSettings, resolve_options
