@@ -66,8 +66,10 @@ bls_handler: Callable[[InferenceRequest], Awaitable[InferenceResponse]] | None =
 class InferenceRequest:
     def __init__(self, model_name: str, requested_output_names: list[str], inputs: list[Tensor]):
         self.model_name, self.requested_output_names, self.inputs = (
-            model_name, requested_output_names, inputs,
-        )  # fmt: skip
+            model_name,
+            requested_output_names,
+            inputs,
+        )
 
     def async_exec(self) -> Awaitable[InferenceResponse]:
         assert bls_handler is not None, "test must set fake_pb_utils.bls_handler"

@@ -1,0 +1,3 @@
+from smoothguard.evaluation.run import main
+
+raise SystemExit(main())

@@ -1,0 +1,142 @@
+"""Two ways to get undefended and defended answers: in this process, or from the server.
+
+In-process runs the very SmoothGuard code the server runs (noise, vote, policy through
+`smoothguard.pipeline`); served sends the same images to the `smoothguard` and `mllm`
+endpoints over gRPC, so an attack computed once can be replayed against a deployment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from smoothguard.settings import DefenseSettings, resolve_options
+
+
+@dataclass(frozen=True)
+class Answer:
+    text: str
+    model_calls: int
+    original_outvoted: bool = False
+    agreement: float = 1.0
+
+
+class Answerer(Protocol):
+    def undefended(self, images: np.ndarray, prompts: Sequence[str]) -> list[Answer]: ...
+
+    def defended(
+        self,
+        images: np.ndarray,
+        prompts: Sequence[str],
+        *,
+        sigma: float,
+        num_samples: int,
+        seeds: Sequence[int],
+    ) -> list[Answer]: ...
+
+
+class InProcessAnswerer:
+    """The local Hugging Face model and sentence encoder behind the shared pipeline."""
+
+    def __init__(
+        self,
+        model: object,
+        encoder: object,
+        settings: DefenseSettings,
+        max_new_tokens: int,
+        batch_size: int = 64,
+    ) -> None:
+        from smoothguard.pipeline import SmoothGuard
+
+        self.model, self.settings, self.max_new_tokens = model, settings, max_new_tokens
+        self.batch_size = batch_size
+        self.guard = SmoothGuard(
+            generate=lambda pv, prompt, n: model.generate(pv, prompt, max_new_tokens=n),
+            embed=encoder.encode,
+            image_mean=model.image_mean,
+            image_std=model.image_std,
+            settings=settings,
+        )
+
+    def _pixels(self, images: np.ndarray) -> np.ndarray:
+        return self.model.preprocess(list(images)).numpy()
+
+    def undefended(self, images: np.ndarray, prompts: Sequence[str]) -> list[Answer]:
+        answers: list[Answer] = []
+        for start in range(0, len(images), self.batch_size):
+            stop = start + self.batch_size
+            texts = self.model.generate(
+                self._pixels(images[start:stop]),
+                list(prompts[start:stop]),
+                max_new_tokens=self.max_new_tokens,
+            )
+            answers += [Answer(t, 1) for t in texts]
+        return answers
+
+    def defended(
+        self,
+        images: np.ndarray,
+        prompts: Sequence[str],
+        *,
+        sigma: float,
+        num_samples: int,
+        seeds: Sequence[int],
+    ) -> list[Answer]:
+        pixels = self._pixels(images)
+        answers = []
+        for pixel_values, prompt, seed in zip(pixels, prompts, seeds, strict=True):
+            options = resolve_options(
+                self.settings,
+                sigma=sigma,
+                num_samples=num_samples,
+                seed=seed,
+                max_new_tokens=self.max_new_tokens,
+            )
+            out = self.guard.defend(pixel_values, prompt, options)
+            answers.append(Answer(out.text, out.num_samples, out.original_outvoted, out.agreement))
+        return answers
+
+
+class ServedAnswerer:
+    """The deployed endpoints, through the project's gRPC client."""
+
+    def __init__(self, url: str, max_new_tokens: int) -> None:
+        from smoothguard_client import SmoothGuardClient
+
+        self.client = SmoothGuardClient(url, timeout_s=300)
+        self.max_new_tokens = max_new_tokens
+
+    def undefended(self, images: np.ndarray, prompts: Sequence[str]) -> list[Answer]:
+        return [
+            Answer(self.client.ask_undefended(img, p, max_new_tokens=self.max_new_tokens), 1)
+            for img, p in zip(images, prompts, strict=True)
+        ]
+
+    def defended(
+        self,
+        images: np.ndarray,
+        prompts: Sequence[str],
+        *,
+        sigma: float,
+        num_samples: int,
+        seeds: Sequence[int],
+    ) -> list[Answer]:
+        out = []
+        for img, prompt, seed in zip(images, prompts, seeds, strict=True):
+            answer = self.client.ask(
+                img,
+                prompt,
+                sigma=sigma,
+                num_samples=num_samples,
+                seed=seed,
+                max_new_tokens=self.max_new_tokens,
+            )
+            out.append(
+                Answer(
+                    answer.text, answer.num_samples_used, answer.original_outvoted, answer.agreement
+                )
+            )
+        return out

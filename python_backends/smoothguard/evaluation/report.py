@@ -1,0 +1,93 @@
+"""results.json -> results.md (tables) and PNG plots of the sweeps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def _pct(value: float) -> str:
+    return "n/a" if value != value else f"{100 * value:.1f}%"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    u = results["utility"]
+    cfg = results["config"]
+    lines = [
+        f"# SmoothGuard on SynthPOPE ({cfg['split']} split, {results['path']})",
+        "",
+        f"Defense: sigma {cfg['sigma']} (normalized), N = {cfg['num_samples']}. "
+        f"Items: {results['items']}. Wall time {results.get('seconds', 'n/a')} s.",
+        "",
+        "| utility | undefended | defended |",
+        "|---|---|---|",
+        f"| POPE yes/no accuracy | {_pct(u['undefended']['pope_accuracy'])} | "
+        f"{_pct(u['defended']['pope_accuracy'])} |",
+        f"| description object F1 | {u['undefended']['describe_f1']:.3f} | "
+        f"{u['defended']['describe_f1']:.3f} |",
+        f"| harmful marker on clean safety items | "
+        f"{_pct(u['undefended']['safety_harmful_rate'])} | "
+        f"{_pct(u['defended']['safety_harmful_rate'])} |",
+        f"| model calls per request | {u['undefended']['model_calls_per_request']:.1f} | "
+        f"{u['defended']['model_calls_per_request']:.1f} |",
+        "",
+        "| attack | task | eps (/255) | steps | EOT | ASR undefended | ASR defended | "
+        "original outvoted |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, row in results["attacks"].items():
+        kind = " (universal)" if row["universal"] else ""
+        lines.append(
+            f"| {name}{kind} | {row['task']} | {row['eps']} | {row['steps']} | "
+            f"{row['eot_samples'] or '-'} | {_pct(row['asr_undefended'])} | "
+            f"{_pct(row['asr_defended'])} | {_pct(row['outvoted_rate'])} |"
+        )
+    for axis, rows in results.get("sweeps", {}).items():
+        if not rows:
+            continue
+        asr_keys = [k for k in rows[0] if k.startswith("asr_")]
+        lines += ["", f"Sweep over {'sigma' if axis == 'sigma' else 'N'}:", ""]
+        lines.append("| sigma | N | POPE accuracy | " + " | ".join(asr_keys) + " |")
+        lines.append("|---" * (3 + len(asr_keys)) + "|")
+        for r in rows:
+            cells = [str(r["sigma"]), str(r["num_samples"]), _pct(r["pope_accuracy"])]
+            lines.append("| " + " | ".join(cells + [_pct(r[k]) for k in asr_keys]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_sweeps(results: dict[str, Any], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for axis, rows in results.get("sweeps", {}).items():
+        if not rows:
+            continue
+        key = "sigma" if axis == "sigma" else "num_samples"
+        xs = [r[key] for r in rows]
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot(xs, [r["pope_accuracy"] for r in rows], "o-", label="clean POPE accuracy")
+        for k in [k for k in rows[0] if k.startswith("asr_")]:
+            ax.plot(xs, [r[k] for r in rows], "s--", label=f"ASR {k[4:]}")
+        ax.set_xlabel("sigma (normalized)" if axis == "sigma" else "N (samples)")
+        ax.set_ylabel("rate")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="best", fontsize=8)
+        fixed = (
+            f"N = {rows[0]['num_samples']}" if axis == "sigma" else f"sigma = {rows[0]['sigma']}"
+        )
+        ax.set_title(f"SmoothGuard on SynthPOPE: utility and ASR vs {axis} ({fixed})")
+        fig.tight_layout()
+        path = out / f"sweep_{axis}.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def write_report(results: dict[str, Any], out: Path) -> None:
+    (out / "results.md").write_text(markdown(results))
+    plot_sweeps(results, out)
