@@ -7,7 +7,7 @@ GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
 PYTEST_ARGS ?=
 
-.PHONY: install render serve test lint unit integration
+.PHONY: install render serve test lint unit integration bench evaluate
 
 install: $(VENV)/.installed
 
@@ -33,3 +33,9 @@ unit: install
 
 integration: install
 	$(PY) -m pytest -m integration $(PYTEST_ARGS)
+
+bench: install
+	$(PY) benchmarks/serving_bench.py --out var/bench
+
+evaluate: install
+	$(PY) -m smoothguard.evaluation --out var/eval

@@ -60,6 +60,19 @@ def backend_directory(cache_dir: Path) -> Path:
     return target
 
 
+def perf_analyzer_environment() -> dict[str, str]:
+    """perf_analyzer (from the tritonclient wheel) links libcudart even on CPU; PyPI's
+    nvidia-cuda-runtime-cu12 ships it."""
+    import nvidia.cuda_runtime
+
+    env = dict(os.environ)
+    lib = Path(next(iter(nvidia.cuda_runtime.__path__))) / "lib"
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(
+        p for p in (str(lib), env.get("LD_LIBRARY_PATH", "")) if p
+    )
+    return env
+
+
 def server_environment(extra_pythonpath: list[Path] | None = None) -> dict[str, str]:
     """Environment in which the stub (embedding the system libpython) finds our packages."""
     env = dict(os.environ)

