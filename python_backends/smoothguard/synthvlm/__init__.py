@@ -1,0 +1,1 @@
+"""SynthVLM: the project's default vision-language model, a small LLaVA trained here."""
