@@ -223,7 +223,7 @@ def test_mllm_directly(client: Any, scene: Any) -> None:
     ]
     texts = client.infer("mllm", inputs).as_numpy("TEXT").reshape(-1)
     assert [t.decode().lower().startswith("yes") for t in texts] == [True, True]
-    nan = noise_output(client, scene.image, num_samples=1)
+    nan = noise_output(client, scene.image, num_samples=1).copy()
     nan[0, 0, 0, 0] = np.nan
     with pytest.raises(InferenceServerException) as info:
         client.infer(
