@@ -1,0 +1,45 @@
+"""CI smoke run of the evaluation: every metric present, and the attack really works."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from smoothguard.evaluation.run import SMOKE, EvalConfig, evaluate
+
+pytestmark = pytest.mark.slow
+
+
+def test_smoke_evaluation_produces_every_metric(tmp_path: Path) -> None:
+    config = EvalConfig(out=tmp_path, **SMOKE)
+    results = evaluate(config, log=lambda _: None)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["attacks"].keys() == results["attacks"].keys()
+    for mode in ("undefended", "defended"):
+        for key in (
+            "pope_accuracy",
+            "describe_f1",
+            "safety_harmful_rate",
+            "model_calls_per_request",
+        ):
+            assert saved["utility"][mode][key] == saved["utility"][mode][key]  # not NaN
+    assert saved["utility"]["defended"]["model_calls_per_request"] == config.num_samples
+    expected = {"pgd-16", "targeted-32", "universal-32", "eot-pgd-16", "eot-targeted-32"}
+    assert set(saved["attacks"]) == expected
+    for row in saved["attacks"].values():
+        assert {"asr_undefended", "asr_defended", "outvoted_rate"} <= row.keys()
+    # the attack must really lower the undefended model's accuracy on its items
+    assert saved["attacks"]["pgd-16"]["asr_undefended"] > 0
+    assert {"sigma", "n"} == set(saved["sweeps"])
+    assert (tmp_path / "results.md").exists()
+    assert (tmp_path / "sweep_sigma.png").stat().st_size > 1000
+    assert (tmp_path / "attacks" / "pgd-16" / "manifest.json").exists()
+    # attacks are saved and replayed, not recomputed
+    again = evaluate(dataclasses.replace(config, sweeps=False), log=lambda _: None)
+    assert (
+        again["attacks"]["pgd-16"]["attack_seconds"]
+        == results["attacks"]["pgd-16"]["attack_seconds"]
+    )
