@@ -141,6 +141,8 @@ def render(profile_name: str, out: Path, overrides: list[str] | None = None) -> 
                     target / version_dir.name,
                     ignore=shutil.ignore_patterns("__pycache__"),
                 )
+        # Git keeps no empty folders; an ensemble still needs its (empty) version folder.
+        (target / "1").mkdir(exist_ok=True)
     (staging / "profile.json").write_text(json.dumps(profile, indent=2))
     from check_ensemble import check_repository
 

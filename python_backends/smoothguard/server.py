@@ -88,6 +88,10 @@ def server_environment(extra_pythonpath: list[Path] | None = None) -> dict[str, 
     if env.get("LD_LIBRARY_PATH"):
         ld.append(env["LD_LIBRARY_PATH"])
     env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in ld if p)
+    # The stub's embedded interpreter finds its prefix (and so this venv's site-packages and
+    # .pth files) through `python3` on PATH, as an activated venv would have it.
+    bin_dir = str(Path(sys.executable).parent)
+    env["PATH"] = os.pathsep.join(p for p in (bin_dir, env.get("PATH", "")) if p)
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("TRANSFORMERS_OFFLINE", "1")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")

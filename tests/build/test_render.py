@@ -59,3 +59,8 @@ def test_embedder_batch_must_fit_num_samples(tmp_path: Path) -> None:
 def test_unknown_profile(tmp_path: Path) -> None:
     with pytest.raises(RenderError, match="unknown profile"):
         render("tpu", tmp_path / "repo")
+
+
+def test_every_model_has_a_version_folder(tmp_path: Path) -> None:
+    out = render("cpu", tmp_path / "repo")
+    assert all((out / name / "1").is_dir() for name in MODELS)
