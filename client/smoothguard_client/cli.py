@@ -111,7 +111,7 @@ DECISION_STYLES = {
     "abstained": "yellow",
     "refused": "bold red",
 }
-DEFENSE_OPTIONS = ("sigma", "num_samples", "seed", "policy", "candidates")
+DEFENSE_OPTIONS = ("sigma", "num_samples", "seed", "policy", "candidates", "adaptive")
 
 
 def _configure_ask(parser: argparse.ArgumentParser) -> None:
@@ -125,6 +125,12 @@ def _configure_ask(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, metavar="N", help="answer length cap")
     parser.add_argument("--policy", choices=POLICIES, help="what to do on suspected attack")
     parser.add_argument("--candidates", action="store_true", help="also show every sampled answer")
+    parser.add_argument(
+        "--adaptive",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="stop after a few samples when they agree (default: the server's setting)",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     parser.add_argument(
         "--undefended",
@@ -190,6 +196,7 @@ def run_ask(args: argparse.Namespace, console: Console) -> int:
             max_new_tokens=args.max_new_tokens,
             policy=args.policy,
             return_candidates=args.candidates,
+            adaptive=args.adaptive,
         )
     if args.json:
         print_json(answer.to_dict())

@@ -83,6 +83,7 @@ def build_ask_inputs(
     max_new_tokens: int | None = None,
     policy: str | None = None,
     return_candidates: bool = False,
+    adaptive: bool | None = None,
 ) -> list[InferInput]:
     """Inputs for the smoothguard ensemble; unset options are left out so the server decides."""
     payload = load_image(image)
@@ -108,6 +109,8 @@ def build_ask_inputs(
         inputs.append(_bytes_input("POLICY", [policy], [1]))
     if return_candidates:
         inputs.append(_array_input("RETURN_CANDIDATES", np.array([True]), "BOOL"))
+    if adaptive is not None:
+        inputs.append(_array_input("ADAPTIVE", np.array([bool(adaptive)]), "BOOL"))
     return inputs
 
 
@@ -379,6 +382,7 @@ class SmoothGuardClient(_ClientBase):
         max_new_tokens: int | None = None,
         policy: str | None = None,
         return_candidates: bool = False,
+        adaptive: bool | None = None,
         request_id: str | None = None,
     ) -> DefendedAnswer:
         """Ask the defended model; latency_s covers the whole call, retries included."""
@@ -392,6 +396,7 @@ class SmoothGuardClient(_ClientBase):
                 max_new_tokens=max_new_tokens,
                 policy=policy,
                 return_candidates=return_candidates,
+                adaptive=adaptive,
                 request_id=request_id,
             )
         )
@@ -492,6 +497,7 @@ class AsyncSmoothGuardClient(_ClientBase):
         max_new_tokens: int | None = None,
         policy: str | None = None,
         return_candidates: bool = False,
+        adaptive: bool | None = None,
         request_id: str | None = None,
     ) -> DefendedAnswer:
         """Ask the defended model; image loading runs in a thread to keep the loop free."""
@@ -505,6 +511,7 @@ class AsyncSmoothGuardClient(_ClientBase):
             max_new_tokens=max_new_tokens,
             policy=policy,
             return_candidates=return_candidates,
+            adaptive=adaptive,
             request_id=request_id,
         )
         return await self._run(call)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from smoothguard.adaptive import first_round, unanimous
 from smoothguard.aggregate import select_one
 from smoothguard.noise import make_rng, noisy_copies
 from smoothguard.policy import decide
@@ -73,9 +74,11 @@ class SmoothGuard:
             std=self.image_std,
             rng=make_rng(array_module(pixel_values), options.seed),
         )
-        texts = [str(t) for t in self.generate(copies, prompt, options.max_new_tokens)]
-        if len(texts) != n:
-            raise RuntimeError(f"generate returned {len(texts)} answers for {n} images")
+        first = first_round(n, adaptive=options.adaptive, initial=self.settings.adaptive_initial)
+        texts = self._generate(copies[:first], prompt, options.max_new_tokens)
+        if first < n and not unanimous(texts):
+            texts += self._generate(copies[first:], prompt, options.max_new_tokens)
+        n = len(texts)
         embeddings = to_numpy(self.embed(texts))
         if embeddings.shape[0] != n or embeddings.ndim != 2:
             raise RuntimeError(f"embed returned shape {embeddings.shape} for {n} answers")
@@ -95,3 +98,9 @@ class SmoothGuard:
             original_text=texts[0],
             candidates=tuple(texts),
         )
+
+    def _generate(self, copies: np.ndarray, prompt: str, max_new_tokens: int) -> list[str]:
+        texts = [str(t) for t in self.generate(copies, prompt, max_new_tokens)]
+        if len(texts) != len(copies):
+            raise RuntimeError(f"generate returned {len(texts)} answers for {len(copies)} images")
+        return texts

@@ -36,6 +36,8 @@ class DefenseSettings:
     noise_unit: NoiseUnit = "normalized"
     clip: bool = True
     allow_seed: bool = True
+    adaptive: bool = False
+    adaptive_initial: int = 4
     # generation
     max_new_tokens: int = 32
     max_new_tokens_limit: int = 128
@@ -69,6 +71,8 @@ class DefenseSettings:
             raise ValueError(f"default num_samples {self.num_samples} outside [1, max]")
         if not 1 <= self.max_new_tokens <= self.max_new_tokens_limit:
             raise ValueError("default max_new_tokens outside [1, max_new_tokens_limit]")
+        if self.adaptive_initial < 2:
+            raise ValueError("adaptive_initial must be at least 2 (the clean copy and one noisy)")
         if not 0.0 <= self.min_agreement <= 1.0:
             raise ValueError("min_agreement must lie in [0, 1]")
 
@@ -108,6 +112,7 @@ class RequestOptions:
     max_new_tokens: int
     policy: Policy
     return_candidates: bool
+    adaptive: bool = False
 
     def to_json(self) -> str:
         """Passed between ensemble steps as one string tensor."""
@@ -131,6 +136,7 @@ def resolve_options(
     max_new_tokens: int | None = None,
     policy: str | None = None,
     return_candidates: bool | None = None,
+    adaptive: bool | None = None,
 ) -> RequestOptions:
     """Apply server defaults and reject out-of-range values with InvalidRequest."""
     import math
@@ -171,6 +177,7 @@ def resolve_options(
         max_new_tokens=int(max_new_tokens),
         policy=policy,  # type: ignore[arg-type]
         return_candidates=bool(return_candidates),
+        adaptive=settings.adaptive if adaptive is None else bool(adaptive),
     )
 
 

@@ -223,6 +223,7 @@ def test_ask_prints_answer_and_evidence(
         "max_new_tokens": None,
         "policy": None,
         "return_candidates": True,
+        "adaptive": None,
     }
 
 

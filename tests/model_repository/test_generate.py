@@ -76,3 +76,43 @@ def test_losing_the_clean_sample_always_fails(
 ) -> None:
     response = run(load_model("generate"), pb_utils, mode, {0})
     assert response.has_error() and "unperturbed" in response.error().message()
+
+
+def run_adaptive(module: ModuleType, pb: ModuleType, answers: list[str]) -> tuple[Any, list[int]]:
+    calls: list[int] = []
+
+    async def handler(call: Any) -> Any:
+        index = int({t.name(): t.as_numpy() for t in call.inputs}["PIXEL_VALUES"][0, 0, 0, 0])
+        calls.append(index)
+        return pb.InferenceResponse(
+            [pb.Tensor("TEXT", np.array([[answers[index].encode()]], np.object_))]
+        )
+
+    pb.bls_handler = handler
+    model = module.TritonPythonModel()
+    params = DefenseSettings(adaptive_initial=3).to_parameters() | {"mllm_model": "mllm"}
+    model.initialize(pb.model_args(params))
+    pixels = np.stack([np.full((3, 2, 2), i, np.float32) for i in range(len(answers))])
+    options = resolve_options(DefenseSettings(), num_samples=len(answers), adaptive=True)
+    request = pb.Request(
+        PIXEL_VALUES=pixels,
+        PROMPT=np.array([b"q"], np.object_),
+        OPTIONS=np.array([options.to_json().encode()], np.object_),
+    )
+    (response,) = asyncio.run(model.execute([request]))
+    return response, calls
+
+
+def test_adaptive_stops_after_an_agreeing_first_round(
+    load_model: Any, pb_utils: ModuleType
+) -> None:
+    response, calls = run_adaptive(load_model("generate"), pb_utils, ["yes"] * 8)
+    assert sorted(calls) == [0, 1, 2]
+    assert response.output("CANDIDATES").shape == (3, 1)
+
+
+def test_adaptive_goes_to_full_n_on_disagreement(load_model: Any, pb_utils: ModuleType) -> None:
+    answers = ["no", "yes", "no", "yes", "yes", "yes", "yes", "yes"]
+    response, calls = run_adaptive(load_model("generate"), pb_utils, answers)
+    assert sorted(calls) == list(range(8))
+    assert [t.decode() for t in response.output("CANDIDATES").reshape(-1)] == answers

@@ -49,6 +49,7 @@ class TritonPythonModel:
             return_candidates=single_scalar(
                 optional_input(request, "RETURN_CANDIDATES"), "RETURN_CANDIDATES"
             ),
+            adaptive=single_scalar(optional_input(request, "ADAPTIVE"), "ADAPTIVE"),
         )
         pixel_values = self.xp.asarray(self.preprocess([image])[0])
         copies = noisy_copies(
