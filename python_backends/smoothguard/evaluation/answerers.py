@@ -35,6 +35,7 @@ class Answerer(Protocol):
         sigma: float,
         num_samples: int,
         seeds: Sequence[int],
+        adaptive: bool = False,
     ) -> list[Answer]: ...
 
 
@@ -84,6 +85,7 @@ class InProcessAnswerer:
         sigma: float,
         num_samples: int,
         seeds: Sequence[int],
+        adaptive: bool = False,
     ) -> list[Answer]:
         pixels = self._pixels(images)
         answers = []
@@ -94,6 +96,7 @@ class InProcessAnswerer:
                 num_samples=num_samples,
                 seed=seed,
                 max_new_tokens=self.max_new_tokens,
+                adaptive=adaptive,
             )
             out = self.guard.defend(pixel_values, prompt, options)
             answers.append(Answer(out.text, out.num_samples, out.original_outvoted, out.agreement))
@@ -123,6 +126,7 @@ class ServedAnswerer:
         sigma: float,
         num_samples: int,
         seeds: Sequence[int],
+        adaptive: bool = False,
     ) -> list[Answer]:
         out = []
         for img, prompt, seed in zip(images, prompts, seeds, strict=True):
@@ -133,6 +137,7 @@ class ServedAnswerer:
                 num_samples=num_samples,
                 seed=seed,
                 max_new_tokens=self.max_new_tokens,
+                adaptive=adaptive,
             )
             out.append(
                 Answer(

@@ -13,35 +13,47 @@ def _pct(value: float) -> str:
 def markdown(results: dict[str, Any]) -> str:
     u = results["utility"]
     cfg = results["config"]
+    modes = list(u)
+    names = {"undefended": "undefended", "defended": "SmoothGuard", "adaptive": "adaptive"}
+    header = " | ".join(names[m] for m in modes)
+    rule = "|---" * (len(modes) + 1) + "|"
+
+    def row(label: str, key: str, fmt: Any) -> str:
+        return f"| {label} | " + " | ".join(fmt(u[m][key]) for m in modes) + " |"
+
     lines = [
         f"# SmoothGuard on SynthPOPE ({cfg['split']} split, {results['path']})",
         "",
-        f"Defense: sigma {cfg['sigma']} (normalized), N = {cfg['num_samples']}. "
-        f"Items: {results['items']}. Wall time {results.get('seconds', 'n/a')} s.",
+        f"Defense: sigma {cfg['sigma']} (normalized), N = {cfg['num_samples']}"
+        + (", adaptive = first round of 4, full N on disagreement" if "adaptive" in u else "")
+        + f". Items: {results['items']}. Wall time {results.get('seconds', 'n/a')} s.",
         "",
-        "| utility | undefended | defended |",
-        "|---|---|---|",
-        f"| POPE yes/no accuracy | {_pct(u['undefended']['pope_accuracy'])} | "
-        f"{_pct(u['defended']['pope_accuracy'])} |",
-        f"| description object F1 | {u['undefended']['describe_f1']:.3f} | "
-        f"{u['defended']['describe_f1']:.3f} |",
-        f"| harmful marker on clean safety items | "
-        f"{_pct(u['undefended']['safety_harmful_rate'])} | "
-        f"{_pct(u['defended']['safety_harmful_rate'])} |",
-        f"| model calls per request | {u['undefended']['model_calls_per_request']:.1f} | "
-        f"{u['defended']['model_calls_per_request']:.1f} |",
+        f"| utility | {header} |",
+        rule,
+        row("POPE yes/no accuracy", "pope_accuracy", _pct),
+        row("description object F1", "describe_f1", lambda v: f"{v:.3f}"),
+        row("harmful marker on clean safety items", "safety_harmful_rate", _pct),
+        row("model calls per request", "model_calls_per_request", lambda v: f"{v:.1f}"),
         "",
-        "| attack | task | eps (/255) | steps | EOT | ASR undefended | ASR defended | "
-        "original outvoted |",
-        "|---|---|---|---|---|---|---|---|",
+        "| attack | task | eps (/255) | steps | EOT | "
+        + " | ".join(f"ASR {names[m]}" for m in modes)
+        + " | original outvoted |"
+        + (" calls (adaptive) |" if "adaptive" in u else ""),
+        "|---" * (6 + len(modes) + ("adaptive" in u)) + "|",
     ]
-    for name, row in results["attacks"].items():
-        kind = " (universal)" if row["universal"] else ""
-        lines.append(
-            f"| {name}{kind} | {row['task']} | {row['eps']} | {row['steps']} | "
-            f"{row['eot_samples'] or '-'} | {_pct(row['asr_undefended'])} | "
-            f"{_pct(row['asr_defended'])} | {_pct(row['outvoted_rate'])} |"
-        )
+    for name, r in results["attacks"].items():
+        kind = " (universal)" if r["universal"] else ""
+        cells = [
+            f"{name}{kind}",
+            r["task"],
+            str(r["eps"]),
+            str(r["steps"]),
+            str(r["eot_samples"] or "-"),
+        ]
+        cells += [_pct(r[f"asr_{m}"]) for m in modes] + [_pct(r["outvoted_rate"])]
+        if "adaptive" in u:
+            cells.append(f"{r['calls_adaptive']:.1f}")
+        lines.append("| " + " | ".join(cells) + " |")
     for axis, rows in results.get("sweeps", {}).items():
         if not rows:
             continue

@@ -57,6 +57,7 @@ class EvalConfig:
     seed: int = 0
     served: str | None = None
     sweeps: bool = True
+    adaptive: bool = True
 
 
 @dataclass
@@ -200,7 +201,7 @@ def _answers(
     items: Sequence[Any],
     config: EvalConfig,
     *,
-    defended: bool,
+    mode: str,
     sigma: float | None = None,
     num_samples: int | None = None,
     desc: str = "",
@@ -211,7 +212,7 @@ def _answers(
     with tqdm(total=len(items), desc=desc, unit="item", leave=False) as bar:
         for lo in range(0, len(items), chunk):
             hi = lo + chunk
-            if defended:
+            if mode != "undefended":
                 seeds = [config.seed * 1_000_003 + i for i in range(lo, min(hi, len(items)))]
                 out += answerer.defended(
                     images[lo:hi],
@@ -219,6 +220,7 @@ def _answers(
                     seeds=seeds,
                     sigma=config.sigma if sigma is None else sigma,
                     num_samples=config.num_samples if num_samples is None else num_samples,
+                    adaptive=mode == "adaptive",
                 )
             else:
                 out += answerer.undefended(images[lo:hi], prompts[lo:hi])
@@ -276,6 +278,9 @@ def evaluate(config: EvalConfig, log: Callable[[str], None] = print) -> dict[str
         "items": {task: len(items) for task, items in bench.items()},
         "path": "served " + config.served if config.served else "in-process",
     }
+    modes = (
+        ("undefended", "defended", "adaptive") if config.adaptive else ("undefended", "defended")
+    )
     clean: dict[str, dict[str, list[Answer]]] = {}
     for task, items in bench.items():
         clean[task] = {
@@ -284,10 +289,10 @@ def evaluate(config: EvalConfig, log: Callable[[str], None] = print) -> dict[str
                 stack[task],
                 items,
                 config,
-                defended=mode == "defended",
+                mode=mode,
                 desc=f"clean {task} {mode}",
             )
-            for mode in ("undefended", "defended")
+            for mode in modes
         }
     pope, describe = bench["pope"], bench["describe"]
     eligible = [
@@ -312,7 +317,7 @@ def evaluate(config: EvalConfig, log: Callable[[str], None] = print) -> dict[str
             "safety_harmful_rate": _rate([scorer.harmful(a.text) for a in clean["safety"][mode]]),
             "model_calls_per_request": float(np.mean([a.model_calls for a in clean["pope"][mode]])),
         }
-        for mode in ("undefended", "defended")
+        for mode in modes
     }
     log(f"utility: {json.dumps(results['utility'])}")
 
@@ -330,18 +335,15 @@ def evaluate(config: EvalConfig, log: Callable[[str], None] = print) -> dict[str
             "universal": run.spec.universal,
             "attack_seconds": round(run.seconds, 1),
         }
-        for mode in ("undefended", "defended"):
+        for mode in modes:
             answers = _answers(
-                answerer,
-                run.images,
-                items,
-                config,
-                defended=mode == "defended",
-                desc=f"{run.name} {mode}",
+                answerer, run.images, items, config, mode=mode, desc=f"{run.name} {mode}"
             )
             row[f"asr_{mode}"] = attack_success(scorer, run, items, answers, eligible)
             if mode == "defended":
                 row["outvoted_rate"] = _rate([a.original_outvoted for a in answers])
+            if mode == "adaptive":
+                row["calls_adaptive"] = float(np.mean([a.model_calls for a in answers]))
         results["attacks"][run.name] = row
         log(f"{run.name}: {json.dumps(row)}")
 
@@ -371,7 +373,7 @@ def sweeps(
     points += [("n", config.sigma, n) for n in config.sweep_ns]
     table: dict[str, list[dict[str, float]]] = {"sigma": [], "n": []}
     for axis, sigma, n in points:
-        kw = {"defended": True, "sigma": sigma, "num_samples": n}
+        kw = {"mode": "defended", "sigma": sigma, "num_samples": n}
         clean_answers = _answers(answerer, clean_pope, pope, config, **kw, desc=f"{axis} clean")
         flip = _answers(answerer, pope_attack.images[:k], pope, config, **kw, desc=f"{axis} pgd")
         marker = _answers(

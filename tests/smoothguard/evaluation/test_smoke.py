@@ -18,7 +18,7 @@ def test_smoke_evaluation_produces_every_metric(tmp_path: Path) -> None:
     results = evaluate(config, log=lambda _: None)
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["attacks"].keys() == results["attacks"].keys()
-    for mode in ("undefended", "defended"):
+    for mode in ("undefended", "defended", "adaptive"):
         for key in (
             "pope_accuracy",
             "describe_f1",
@@ -27,10 +27,17 @@ def test_smoke_evaluation_produces_every_metric(tmp_path: Path) -> None:
         ):
             assert saved["utility"][mode][key] == saved["utility"][mode][key]  # not NaN
     assert saved["utility"]["defended"]["model_calls_per_request"] == config.num_samples
+    assert 1 < saved["utility"]["adaptive"]["model_calls_per_request"] <= config.num_samples
     expected = {"pgd-16", "targeted-32", "universal-32", "eot-pgd-16", "eot-targeted-32"}
     assert set(saved["attacks"]) == expected
     for row in saved["attacks"].values():
-        assert {"asr_undefended", "asr_defended", "outvoted_rate"} <= row.keys()
+        assert {
+            "asr_undefended",
+            "asr_defended",
+            "asr_adaptive",
+            "outvoted_rate",
+            "calls_adaptive",
+        } <= row.keys()
     # the attack must really lower the undefended model's accuracy on its items
     assert saved["attacks"]["pgd-16"]["asr_undefended"] > 0
     assert {"sigma", "n"} == set(saved["sweeps"])
