@@ -6,7 +6,8 @@ venv="${1:-.venv}"
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 
-apt_packages=(libb64-0d)  # perf_analyzer (shipped in the tritonclient wheel) links libb64
+# libb64-0d: perf_analyzer (shipped in the tritonclient wheel) links it; openssl: TLS tests
+apt_packages=(libb64-0d openssl)
 if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   missing=()
   for pkg in "${apt_packages[@]}"; do

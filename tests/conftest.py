@@ -43,7 +43,9 @@ class RunningServer:
         return f"http://127.0.0.1:{self.server.ports.metrics}/metrics"
 
 
-def start_server(tmp: Path, overrides: list[str]) -> RunningServer:
+def start_server(
+    tmp: Path, overrides: list[str], extra_args: list[str] | None = None
+) -> RunningServer:
     from render import render
 
     mllm = os.environ.get("SMOOTHGUARD_TEST_MLLM")
@@ -51,7 +53,7 @@ def start_server(tmp: Path, overrides: list[str]) -> RunningServer:
         overrides = [*overrides, f"mllm.model_path={mllm}"]
     repo = render("cpu", tmp / "repo", overrides)
     ports = ServerPorts(http=free_port(), grpc=free_port(), metrics=free_port())
-    server = TritonServer(repo, ports=ports, work_dir=tmp / "server")
+    server = TritonServer(repo, ports=ports, work_dir=tmp / "server", extra_args=extra_args or [])
     server.start(timeout_s=240)
     return RunningServer(server, json.loads((repo / "profile.json").read_text()))
 
@@ -64,3 +66,9 @@ def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
         yield running
     finally:
         running.server.stop()
+
+
+@pytest.fixture(scope="session")
+def start_triton():
+    """For tests that need a server with settings of their own."""
+    return start_server

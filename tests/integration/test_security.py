@@ -1,0 +1,113 @@
+"""Secure settings on a real server: TLS on gRPC, restricted admin APIs, refused seeds, and
+logs free of prompts."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from smoothguard.synthpope import generate_split
+from smoothguard_client import SmoothGuardClient, SmoothGuardError
+
+pytestmark = pytest.mark.integration
+
+ADMIN_KEY = "test-admin-key-7f3a"
+SECRET_PROMPT = "Is there a purple-unicorn-7731 in the image?"
+
+
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    """A throwaway certificate for localhost, made by the test with openssl."""
+    cert, key = folder / "server.crt", folder / "server.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+@pytest.fixture(scope="module")
+def secure(
+    tmp_path_factory: pytest.TempPathFactory, start_triton: Any
+) -> Iterator[tuple[Any, Path]]:
+    tmp = tmp_path_factory.mktemp("secure")
+    cert, key = self_signed(tmp)
+    restricted = "model-repository,model-config,shared-memory,statistics,trace,logging"
+    running = start_triton(
+        tmp,
+        ["defense.allow_seed=false"],
+        [
+            "--grpc-use-ssl=true",
+            f"--grpc-server-cert={cert}",
+            f"--grpc-server-key={key}",
+            f"--grpc-restricted-protocol={restricted}:smoothguard-admin-key={ADMIN_KEY}",
+            f"--http-restricted-api={restricted}:smoothguard-admin-key={ADMIN_KEY}",
+            "--model-control-mode=none",
+        ],
+    )
+    try:
+        yield running, cert
+    finally:
+        running.server.stop()
+
+
+def test_tls_serves_and_plaintext_is_refused(secure: tuple[Any, Path]) -> None:
+    running, cert = secure
+    scene = generate_split("test", 1)[0]
+    with SmoothGuardClient(
+        running.grpc_url.replace("127.0.0.1", "localhost"),
+        ssl=True,
+        root_certificates=str(cert),
+        timeout_s=120,
+    ) as client:
+        answer = client.ask(scene.image, SECRET_PROMPT, num_samples=3)
+    assert answer.text and answer.num_samples_used == 3
+    plain = SmoothGuardClient(running.grpc_url, retries=0, timeout_s=10)
+    with plain, pytest.raises(SmoothGuardError):
+        plain.ask(scene.image, "Describe the image.", num_samples=2)
+
+
+def test_admin_apis_need_the_key_and_inference_does_not(secure: tuple[Any, Path]) -> None:
+    running, cert = secure
+    url = running.grpc_url.replace("127.0.0.1", "localhost")
+    client = grpcclient.InferenceServerClient(url, ssl=True, root_certificates=str(cert))
+    with pytest.raises(InferenceServerException) as info:
+        client.get_model_repository_index()
+    assert (
+        "smoothguard-admin-key" in info.value.message()
+        or "restricted" in info.value.message().lower()
+    )
+    # gRPC prefixes the header name; HTTP uses it as configured
+    header = {"triton-grpc-protocol-smoothguard-admin-key": ADMIN_KEY}
+    index = client.get_model_repository_index(headers=header)
+    assert {m.name for m in index.models} >= {"smoothguard", "mllm"}
+    assert client.is_server_ready() and client.is_model_ready("smoothguard")
+
+
+def test_seeds_are_refused_when_configured(secure: tuple[Any, Path]) -> None:
+    running, cert = secure
+    scene = generate_split("test", 1)[0]
+    with (
+        SmoothGuardClient(
+            running.grpc_url.replace("127.0.0.1", "localhost"),
+            ssl=True,
+            root_certificates=str(cert),
+            timeout_s=120,
+        ) as client,
+        pytest.raises(SmoothGuardError) as info,
+    ):
+        client.ask(scene.image, "Describe the image.", seed=1)
+    assert info.value.status == "INVALID_ARGUMENT" and "SEED" in info.value.message
+
+
+def test_logs_hold_no_prompts(secure: tuple[Any, Path]) -> None:
+    running, _ = secure
+    assert running.server.log_path is not None
+    assert "purple-unicorn-7731" not in running.server.log_path.read_text(errors="replace")
