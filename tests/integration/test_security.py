@@ -3,6 +3,7 @@ logs free of prompts."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,7 +43,7 @@ def secure(
     restricted = "model-repository,model-config,shared-memory,statistics,trace,logging"
     running = start_triton(
         tmp,
-        ["defense.allow_seed=false"],
+        ["defense.allow_seed=false", "defense.audit_log=true"],
         [
             "--grpc-use-ssl=true",
             f"--grpc-server-cert={cert}",
@@ -107,7 +108,22 @@ def test_seeds_are_refused_when_configured(secure: tuple[Any, Path]) -> None:
     assert info.value.status == "INVALID_ARGUMENT" and "SEED" in info.value.message
 
 
-def test_logs_hold_no_prompts(secure: tuple[Any, Path]) -> None:
-    running, _ = secure
+def test_audit_lines_and_no_prompts_in_logs(secure: tuple[Any, Path]) -> None:
+    running, cert = secure
+    scene = generate_split("test", 1)[0]
+    with SmoothGuardClient(
+        running.grpc_url.replace("127.0.0.1", "localhost"),
+        ssl=True,
+        root_certificates=str(cert),
+        timeout_s=120,
+    ) as client:
+        client.ask(scene.image, SECRET_PROMPT, num_samples=4, request_id="audit-me-42")
     assert running.server.log_path is not None
-    assert "purple-unicorn-7731" not in running.server.log_path.read_text(errors="replace")
+    log = running.server.log_path.read_text(errors="replace")
+    assert "purple-unicorn-7731" not in log
+    lines = [line for line in log.splitlines() if "audit-me-42" in line]
+    assert len(lines) == 1, lines
+    # Triton writes the message as a quoted string after its own prefix: decode it twice.
+    record = json.loads(json.loads(lines[0][lines[0].index("] ") + 2 :]))
+    assert record["event"] == "smoothguard_audit" and record["num_samples_used"] == 4
+    assert {"decision", "agreement", "cluster_sizes", "original_outvoted"} <= record.keys()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -57,6 +57,17 @@ class InferenceResponse:
 class Request:
     def __init__(self, **inputs: np.ndarray) -> None:
         self.inputs = [Tensor(k, v) for k, v in inputs.items()]
+
+    def request_id(self) -> str:
+        return "test-request"
+
+
+class Logger:
+    lines: ClassVar[list[str]] = []
+
+    @classmethod
+    def log_info(cls, message: str) -> None:
+        cls.lines.append(message)
 
 
 # The test installs what a BLS call does: a coroutine taking the InferenceRequest.

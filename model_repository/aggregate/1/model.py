@@ -1,5 +1,7 @@
 """Triton adapter for step 4 of smoothguard: cluster, choose, apply the policy."""
 
+import json
+
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
@@ -31,6 +33,8 @@ class TritonPythonModel:
         empty = np.array([not c.strip() for c in candidates])
         selection = select_one(self.xp.asarray(embeddings), empty=empty)
         decision = decide(selection, candidates, options.policy, self.settings)
+        if self.settings.audit_log:
+            self._audit(request, options, selection, decision, len(candidates))
         returned = candidates if options.return_candidates else []
         return [
             bytes_tensor("TEXT", [decision.text]),
@@ -45,3 +49,23 @@ class TritonPythonModel:
             bytes_tensor("ORIGINAL_TEXT", [candidates[0]]),
             bytes_tensor("ALL_CANDIDATES", returned, (len(returned),)),
         ]
+
+    def _audit(self, request, options, selection, decision, used):
+        """One JSON line a log pipeline can ingest: the evidence, never the prompt or image."""
+        record = {
+            "event": "smoothguard_audit",
+            "request_id": request.request_id(),
+            "decision": decision.decision,
+            "reason": decision.reason,
+            "agreement": round(selection.agreement, 4),
+            "cluster_sizes": list(selection.cluster_sizes),
+            "original_outvoted": selection.original_outvoted,
+            "tie": selection.tie,
+            "num_samples_used": used,
+            "num_samples": options.num_samples,
+            "sigma": options.sigma,
+            "seeded": options.seed is not None,
+            "adaptive": options.adaptive,
+            "policy": options.policy,
+        }
+        pb_utils.Logger.log_info(json.dumps(record, sort_keys=True))
