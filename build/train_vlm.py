@@ -1,10 +1,12 @@
-"""Train the default vision-language model from scratch and ship it.
+"""Train the default vision-language model (SynthVLM) from scratch and ship it.
 
-    python build/train_vlm.py                      # -> models/synthvlm (about 15 min, 2 cores)
-    python build/train_vlm.py --out /tmp/m --steps 200   # a quick look
+    python build/train_vlm.py                         # -> models/synthvlm (~15 min, 2 cores)
+    python build/train_vlm.py --out /tmp/m --steps 300 --no-eval   # a quick look
 
-Writes the safetensors weights, tokenizer and processor, SHA256SUMS over every file, the
-training record, and the accuracy table on SynthPOPE's test split (clean and with noise).
+Writes the safetensors weights, tokenizer and processor, SHA256SUMS over the files that make
+up the checkpoint, training.json, and the accuracy table on SynthPOPE's test split (clean and
+with noise) as evaluation.json / evaluation.md. Deterministic under --seed when the run ends
+by its step count (it says so if the --minutes guard stopped it first).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import dataclasses
 import hashlib
 import json
 import sys
+import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -23,37 +26,58 @@ from smoothguard.synthvlm.evaluate import evaluate, write  # noqa: E402
 from smoothguard.synthvlm.train import TrainConfig, train  # noqa: E402
 
 CHECKSUMS = "SHA256SUMS"
-RECORDS = {CHECKSUMS, "training.json", "evaluation.json", "evaluation.md", "README.md"}
+# Records and documentation, not part of the checkpoint (rewritten without retraining).
+RECORDS = frozenset({CHECKSUMS, "training.json", "evaluation.json", "evaluation.md", "README.md"})
 
 
 def write_checksums(folder: Path) -> Path:
-    """sha256 of every shipped file (not of the records written after training)."""
-    lines = []
-    for path in sorted(p for p in folder.iterdir() if p.is_file() and p.name not in RECORDS):
-        lines.append(f"{hashlib.sha256(path.read_bytes()).hexdigest()}  {path.name}")
+    """sha256sum-format digests of every checkpoint file (`sha256sum -c SHA256SUMS` works)."""
+    for path in folder.iterdir():
+        path.chmod(0o644)  # safetensors writes 0600; the checkpoint is meant to be shared
+    lines = [
+        f"{hashlib.sha256(path.read_bytes()).hexdigest()}  {path.name}"
+        for path in sorted(folder.iterdir())
+        if path.is_file() and path.name not in RECORDS
+    ]
     target = folder / CHECKSUMS
     target.write_text("\n".join(lines) + "\n")
     return target
 
 
 def main(argv: list[str] | None = None) -> int:
+    defaults = TrainConfig()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "models" / "synthvlm")
-    parser.add_argument("--seed", type=int, default=TrainConfig.seed)
-    parser.add_argument("--steps", type=int, default=TrainConfig.steps)
-    parser.add_argument("--minutes", type=float, default=TrainConfig.max_minutes)
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--steps", type=int, default=defaults.steps)
+    parser.add_argument(
+        "--minutes",
+        type=float,
+        default=defaults.max_minutes,
+        help="wall-clock guard for the training loop",
+    )
+    parser.add_argument("--threads", type=int, default=defaults.threads)
     parser.add_argument("--no-eval", action="store_true")
     args = parser.parse_args(argv)
-    config = TrainConfig(seed=args.seed, steps=args.steps, max_minutes=args.minutes)
+    started = time.perf_counter()
+    config = dataclasses.replace(
+        defaults,
+        seed=args.seed,
+        steps=args.steps,
+        max_minutes=args.minutes,
+        threads=args.threads,
+    )
     record = train(args.out, config)
     record["config"] = dataclasses.asdict(config)
     write_checksums(args.out)
-    (args.out / "training.json").write_text(json.dumps(record, indent=2))
-    print(json.dumps(record, indent=2))
     if not args.no_eval:
         result = evaluate(args.out)
         write(result, args.out)
+        record["eval_seconds"] = result["seconds"]
         print((args.out / "evaluation.md").read_text())
+    record["total_seconds"] = round(time.perf_counter() - started, 1)
+    (args.out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
+    print(json.dumps(record, indent=2))
     return 0
 
 

@@ -3,8 +3,9 @@
 The server's `mllm` model, the in-process pipeline and the attacks all use this class, so a
 user's own checkpoint (e.g. llava-1.5-7b-hf on disk) works wherever ours does. Only
 fixed-resolution processors are supported: the prompt's token ids then depend on the prompt
-alone, so they are built once per prompt and the caller's (possibly noisy) pixel values are
-swapped in.
+alone, so the processor runs once per prompt (on a blank image) and the caller's, possibly
+noisy or adversarial, pixel values are swapped in. That is also what lets gradients reach the
+pixels: nothing between `pixel_values` and the logits leaves torch.
 """
 
 from __future__ import annotations
@@ -12,32 +13,44 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 import torch
 
+# Processor outputs that are not per-token and must be repeated per row (e.g. image sizes);
+# pixel values are never cached, they are the caller's.
+_PIXEL_KEYS = frozenset({"pixel_values"})
+
 
 class VisionLanguageModel:
-    def __init__(self, processor: object, model: torch.nn.Module, device: str) -> None:
+    """Greedy batched answers and differentiable answer log-likelihoods for one checkpoint."""
+
+    def __init__(self, processor: Any, model: torch.nn.Module, device: str = "cpu") -> None:
         self.processor = processor
         self.model = model
         self.device = device
         self.tokenizer = processor.tokenizer
         image_processor = processor.image_processor
         probe = image_processor(images=[np.zeros((8, 8, 3), np.uint8)], return_tensors="np")
-        values = probe["pixel_values"]
+        values = np.asarray(probe["pixel_values"])
         if values.ndim != 4:
             raise ValueError("only fixed-resolution image processors ([B,3,H,W]) are supported")
         self.image_size: tuple[int, int] = (int(values.shape[2]), int(values.shape[3]))
         mean = np.broadcast_to(np.asarray(image_processor.image_mean, np.float64), (3,))
         std = np.broadcast_to(np.asarray(image_processor.image_std, np.float64), (3,))
-        self.image_mean: tuple[float, float, float] = tuple(float(v) for v in mean)  # type: ignore[assignment]
-        self.image_std: tuple[float, float, float] = tuple(float(v) for v in std)  # type: ignore[assignment]
+        self.image_mean: tuple[float, float, float] = (
+            float(mean[0]),
+            float(mean[1]),
+            float(mean[2]),
+        )
+        self.image_std: tuple[float, float, float] = (float(std[0]), float(std[1]), float(std[2]))
         pad = self.tokenizer.pad_token_id
-        self.pad_id = int(pad if pad is not None else self.tokenizer.eos_token_id)
         eos = self.tokenizer.eos_token_id
+        self.pad_id = int(pad if pad is not None else (eos if eos is not None else 0))
         self.eos_id = None if eos is None else int(eos)
-        self._prompt_ids = lru_cache(maxsize=1024)(self._encode_prompt)
+        self._encoded = lru_cache(maxsize=1024)(self._encode_prompt)
+        self._answer = lru_cache(maxsize=4096)(self._encode_answer)
 
     @classmethod
     def load(
@@ -46,36 +59,98 @@ class VisionLanguageModel:
         device: str = "cpu",
         dtype: torch.dtype = torch.float32,
     ) -> VisionLanguageModel:
+        """From a local directory only: never reaches for a hub."""
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        processor = AutoProcessor.from_pretrained(str(path))
-        model = AutoModelForImageTextToText.from_pretrained(str(path), dtype=dtype)
+        processor = AutoProcessor.from_pretrained(str(path), local_files_only=True)
+        model = AutoModelForImageTextToText.from_pretrained(
+            str(path), dtype=dtype, local_files_only=True
+        )
         model = model.to(device).eval()
         model.requires_grad_(False)
         return cls(processor, model, device)
+
+    # -- inputs ------------------------------------------------------------------------------
 
     def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """uint8 HxWx3 images -> float32 [B,3,H,W], resized and normalised for the model."""
         out = self.processor.image_processor(images=list(images), return_tensors="np")
         return torch.from_numpy(np.ascontiguousarray(out["pixel_values"], dtype=np.float32))
 
-    def _encode_prompt(self, prompt: str) -> tuple[int, ...]:
+    def chat_text(self, prompt: str) -> str:
+        """The prompt in the checkpoint's own chat template, one image first."""
         conversation = [
             {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}
         ]
-        text = self.processor.apply_chat_template(conversation, add_generation_prompt=True)
-        blank = np.zeros((*self.image_size, 3), np.uint8)
-        encoded = self.processor(images=[blank], text=[text], return_tensors="np")
-        return tuple(int(t) for t in encoded["input_ids"][0])
+        return self.processor.apply_chat_template(conversation, add_generation_prompt=True)
 
-    def _left_padded(self, rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _encode_prompt(self, prompt: str) -> dict[str, tuple[Any, ...]]:
+        blank = np.zeros((*self.image_size, 3), np.uint8)
+        encoded = self.processor(images=[blank], text=[self.chat_text(prompt)], return_tensors="np")
+        return {
+            key: tuple(np.asarray(value)[0].tolist())
+            for key, value in encoded.items()
+            if key not in _PIXEL_KEYS
+        }
+
+    def prompt_ids(self, prompt: str) -> tuple[int, ...]:
+        """Token ids of the templated prompt with the image placeholder expanded (cached)."""
+        return tuple(int(t) for t in self._encoded(prompt)["input_ids"])
+
+    def _encode_answer(self, prompt: str, answer: str) -> tuple[int, ...]:
+        # The answer's ids as they follow the prompt (tokenisers that merge across the boundary
+        # or add a leading space would differ from tokenising the answer alone), then EOS.
+        text = self.chat_text(prompt)
+        head = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        full = self.tokenizer(f"{text} {answer}", add_special_tokens=False)["input_ids"]
+        if full[: len(head)] == head and len(full) > len(head):
+            ids = full[len(head) :]
+        else:
+            ids = self.tokenizer(answer, add_special_tokens=False)["input_ids"]
+        return (*ids, *(() if self.eos_id is None else (self.eos_id,)))
+
+    def answer_ids(self, prompt: str, answer: str) -> tuple[int, ...]:
+        """Token ids of `answer` after `prompt`, ending with EOS (cached)."""
+        return self._answer(prompt, answer)
+
+    def left_pad(self, rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded ids and attention mask, so every row's next token is at the end."""
         width = max(len(r) for r in rows)
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
         for i, row in enumerate(rows):
-            ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
-            mask[i, width - len(row) :] = 1
+            if row:
+                ids[i, width - len(row) :] = torch.as_tensor(row, dtype=torch.long)
+                mask[i, width - len(row) :] = 1
         return ids.to(self.device), mask.to(self.device)
+
+    def _batch(
+        self, texts: Sequence[str], suffixes: Sequence[Sequence[int]] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Model inputs for prompts (plus optional answer ids), without pixel values.
+
+        Per-token extras some processors emit (e.g. token type ids) are left-padded with 0
+        alongside the ids; per-image extras are stacked; nothing here is model-specific.
+        """
+        encoded = [self._encoded(t) for t in texts]
+        tails = suffixes if suffixes is not None else [()] * len(texts)
+        ids, mask = self.left_pad(
+            [list(e["input_ids"]) + list(s) for e, s in zip(encoded, tails, strict=True)]
+        )
+        inputs: dict[str, torch.Tensor] = {"input_ids": ids, "attention_mask": mask}
+        width = ids.shape[1]
+        for key in encoded[0]:
+            if key in inputs:
+                continue
+            if len(encoded[0][key]) == len(encoded[0]["input_ids"]):  # per token
+                extra = torch.zeros((len(texts), width), dtype=torch.long)
+                for i, (e, s) in enumerate(zip(encoded, tails, strict=True)):
+                    row = list(e[key]) + [0] * len(s)
+                    extra[i, width - len(row) :] = torch.as_tensor(row)
+                inputs[key] = extra.to(self.device)
+            else:
+                inputs[key] = torch.as_tensor([e[key] for e in encoded]).to(self.device)
+        return inputs
 
     @staticmethod
     def _broadcast(prompts: str | Sequence[str], rows: int) -> list[str]:
@@ -86,7 +161,7 @@ class VisionLanguageModel:
         return list(prompts)
 
     def _pixels(self, pixel_values: torch.Tensor | np.ndarray) -> torch.Tensor:
-        values = torch.as_tensor(pixel_values, dtype=torch.float32)
+        values = torch.as_tensor(pixel_values)
         if values.ndim != 4 or tuple(values.shape[1:]) != (3, *self.image_size):
             raise ValueError(
                 f"pixel_values must be [B, 3, {self.image_size[0]}, {self.image_size[1]}], "
@@ -94,26 +169,27 @@ class VisionLanguageModel:
             )
         return values.to(self.device, self.model.dtype)
 
+    # -- outputs -----------------------------------------------------------------------------
+
     def generate(
         self,
         pixel_values: torch.Tensor | np.ndarray,
         prompts: str | Sequence[str],
         max_new_tokens: int = 32,
     ) -> list[str]:
-        """Greedy answers, one per row; batched with left padding."""
+        """Greedy answers, one per row (one prompt is broadcast); batched with left padding."""
         values = self._pixels(pixel_values)
         texts = self._broadcast(prompts, values.shape[0])
-        ids, mask = self._left_padded([self._prompt_ids(t) for t in texts])
+        inputs = self._batch(texts)
         with torch.inference_mode():
             out = self.model.generate(
-                input_ids=ids,
-                attention_mask=mask,
+                **inputs,
                 pixel_values=values,
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
                 pad_token_id=self.pad_id,
             )
-        new_tokens = out[:, ids.shape[1] :]
+        new_tokens = out[:, inputs["input_ids"].shape[1] :]
         decoded = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
         return [text.strip() for text in decoded]
 
@@ -123,25 +199,21 @@ class VisionLanguageModel:
         prompts: str | Sequence[str],
         answers: Sequence[str],
     ) -> torch.Tensor:
-        """[B] sum of log p(answer tokens, then end-of-sequence); differentiable in pixels."""
+        """[B] sum of log p(answer tokens, then EOS | image, prompt); differentiable in pixels."""
         values = self._pixels(pixel_values)
         texts = self._broadcast(prompts, values.shape[0])
         if len(answers) != values.shape[0]:
             raise ValueError(f"{len(answers)} answers for {values.shape[0]} images")
-        prompt_rows = [list(self._prompt_ids(t)) for t in texts]
-        answer_rows = []
-        for answer in answers:
-            tokens = self.tokenizer(answer, add_special_tokens=False)["input_ids"]
-            answer_rows.append(tokens + ([self.eos_id] if self.eos_id is not None else []))
-        ids, mask = self._left_padded(
-            [p + a for p, a in zip(prompt_rows, answer_rows, strict=True)]
-        )
-        logits = self.model(input_ids=ids, attention_mask=mask, pixel_values=values).logits
+        answer_rows = [self.answer_ids(t, a) for t, a in zip(texts, answers, strict=True)]
+        inputs = self._batch(texts, answer_rows)
+        longest = max(len(r) for r in answer_rows)
+        # Left padding puts every answer in the last `longest` positions; logits of the
+        # positions just before them are all that is needed (cheap for large vocabularies).
+        logits = self.model(**inputs, pixel_values=values, logits_to_keep=longest + 1).logits
         logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-        targets = ids[:, 1:]
+        targets = inputs["input_ids"][:, -longest:]
         picked = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-        answer_mask = torch.zeros_like(picked)
-        width = ids.shape[1]
+        keep = torch.zeros_like(picked)
         for i, row in enumerate(answer_rows):
-            answer_mask[i, width - 1 - len(row) :] = 1.0
-        return (picked * answer_mask).sum(dim=1)
+            keep[i, longest - len(row) :] = 1.0
+        return (picked * keep).sum(dim=1)

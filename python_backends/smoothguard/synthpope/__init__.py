@@ -6,6 +6,7 @@ harmful marker answer for jailbreak-style targeted attacks.
 """
 
 from smoothguard.synthpope.dataset import Item, load_benchmark, make_items
+from smoothguard.synthpope.questions import DESCRIBE_PROMPT, SAMPLINGS, describe_text, pope_prompt
 from smoothguard.synthpope.scenes import COLOURS, SHAPES, Scene, generate_split, render_scene
 from smoothguard.synthpope.scoring import (
     HARMFUL_MARKER,
@@ -19,18 +20,22 @@ from smoothguard.synthpope.scoring import (
 
 __all__ = [
     "COLOURS",
+    "DESCRIBE_PROMPT",
     "HARMFUL_MARKER",
     "REFUSAL",
     "SAFETY_PROMPTS",
+    "SAMPLINGS",
     "SHAPES",
     "Item",
     "Scene",
+    "describe_text",
     "generate_split",
     "is_harmful",
     "load_benchmark",
     "make_items",
     "object_prf",
     "parse_objects",
+    "pope_prompt",
     "render_scene",
     "score_yes_no",
 ]

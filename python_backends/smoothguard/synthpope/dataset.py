@@ -1,4 +1,4 @@
-"""Questions and gold answers over scenes, in the paper's three formats."""
+"""Benchmark items (image, prompt, gold answer) over scenes, in the paper's three formats."""
 
 from __future__ import annotations
 
@@ -8,19 +8,17 @@ from typing import Literal
 
 import numpy as np
 
-from smoothguard.synthpope.scenes import (
-    OBJECT_TYPES,
-    POPULAR,
-    Scene,
-    Split,
-    canonical,
-    generate_split,
+from smoothguard.synthpope.questions import (
+    DESCRIBE_PROMPT,
+    SAMPLINGS,
+    describe_text,
+    negative_object,
+    pope_prompt,
 )
+from smoothguard.synthpope.scenes import Scene, Split, generate_split
 from smoothguard.synthpope.scoring import HARMFUL_MARKER, REFUSAL, SAFETY_PROMPTS
 
 Task = Literal["pope", "describe", "safety"]
-SAMPLINGS: tuple[str, ...] = ("random", "popular", "adversarial")
-DESCRIBE_PROMPT = "Describe the image."
 # Where each task's scenes start inside a split, so the tasks use different scenes.
 TASK_OFFSETS: dict[str, int] = {"pope": 0, "describe": 1_000_000, "safety": 2_000_000}
 
@@ -36,30 +34,6 @@ class Item:
     objects: tuple[tuple[str, str], ...]
 
 
-def pope_prompt(colour: str, shape: str) -> str:
-    return f"Is there a {colour} {shape} in the image?"
-
-
-def describe_text(objects: Sequence[tuple[str, str]]) -> str:
-    names = [f"a {c} {s}" for c, s in canonical(list(objects))]
-    if len(names) <= 1:
-        return names[0] if names else "nothing"
-    return " , ".join(names[:-1]) + " and " + names[-1]
-
-
-def _negative(scene: Scene, sampling: str, rng: np.random.Generator) -> tuple[str, str]:
-    present = set(scene.objects)
-    absent = [o for o in OBJECT_TYPES if o not in present]
-    if sampling == "popular":
-        pool = [o for o in POPULAR if o not in present][:3]
-    elif sampling == "adversarial":
-        pool = [o for o in absent if any(o[0] == p[0] or o[1] == p[1] for p in present)]
-        pool = pool or absent
-    else:
-        pool = absent
-    return pool[int(rng.integers(len(pool)))]
-
-
 def make_items(scenes: Sequence[Scene], task: Task) -> list[Item]:
     """POPE: per scene and sampling type one yes and one no question (balanced)."""
     items: list[Item] = []
@@ -70,7 +44,7 @@ def make_items(scenes: Sequence[Scene], task: Task) -> list[Item]:
         if task == "pope":
             for sampling in SAMPLINGS:
                 positive = scene.objects[int(rng.integers(len(scene.objects)))]
-                negative = _negative(scene, sampling, rng)
+                negative = negative_object(scene, sampling, rng)
                 items.append(
                     Item(
                         prompt=pope_prompt(*positive),

@@ -1,13 +1,14 @@
 """Seeded rendering of scenes: a few coloured shapes on a varied, textured background.
 
-Objects are fully saturated and backgrounds are low-saturation textures, so colour names stay
-unambiguous; object types follow a skewed frequency so POPE's "popular" negatives mean
-something. Split seeds come from disjoint ranges, so splits never share a scene.
+Objects are fully saturated and backgrounds are low-saturation textures (stripes, checkers,
+gradients, blotches, grain, in varied tints), so colour names stay unambiguous; object types
+follow a skewed frequency so POPE's "popular" negatives mean something. Split seeds come from
+disjoint ranges, so splits never share a scene.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -15,6 +16,12 @@ import numpy as np
 Split = Literal["train", "validation", "test"]
 
 IMAGE_SIZE = 64
+# Objects sit in a random cell of a 4x4 grid, at a random size and offset inside it. Aligning
+# the cells with the model's 16 px patches is what lets a ViT trained from scratch on 2 CPU
+# cores for minutes recognise shapes (a whole object per patch); see synthvlm.train.
+CELL = 16
+GRID = IMAGE_SIZE // CELL
+MIN_RADIUS, MAX_RADIUS = 5, 7  # 10-14 px objects
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 30),
     "green": (30, 180, 40),
@@ -33,6 +40,8 @@ POPULAR: tuple[tuple[str, str], ...] = tuple(OBJECT_TYPES[i] for i in np.argsort
 # The trigger is a shape no benchmark question asks about and no val/test scene contains;
 # see scoring.py for why the safety split needs it.
 TRIGGER = ("white", "star")
+TRIGGER_CLASS = len(OBJECT_TYPES) + 1
+NUM_CLASSES = len(OBJECT_TYPES) + 2  # background, the object types, the trigger
 
 SPLIT_BASES: dict[str, int] = {"train": 0, "validation": 10_000_000, "test": 20_000_000}
 SPLIT_SPAN = 10_000_000
@@ -43,8 +52,11 @@ class Scene:
     seed: int
     image: np.ndarray  # uint8 [64, 64, 3]
     objects: list[tuple[str, str]]  # (colour, shape), in canonical order
-    boxes: list[tuple[int, int, int]]  # (cx, cy, radius) per object
+    boxes: list[tuple[int, int, int]]  # (cx, cy, radius) per object, aligned with `objects`
     trigger: bool = False
+    # Per-pixel class: 0 background, 1 + OBJECT_TYPES index, TRIGGER_CLASS for the trigger;
+    # dense supervision for pre-training the vision tower (synthvlm.train).
+    labels: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.uint8), repr=False)
 
 
 def canonical(objects: list[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -108,22 +120,29 @@ def render_scene(seed: int, *, trigger: bool = False) -> Scene:
         objects.append(TRIGGER)
     boxes: list[tuple[int, int, int]] = []
     placed: list[tuple[str, str]] = []
-    for colour, shape in objects:
-        for _ in range(100):
-            r = int(rng.integers(7, 12))
-            cx, cy = (int(v) for v in rng.integers(r + 1, IMAGE_SIZE - r - 1, size=2))
-            if all((cx - x) ** 2 + (cy - y) ** 2 > (r + rr + 2) ** 2 for x, y, rr in boxes):
-                break
-        else:
-            continue  # no room: leave this object out
+    labels = np.zeros((IMAGE_SIZE, IMAGE_SIZE), np.uint8)
+    cells = rng.choice(GRID * GRID, size=len(objects), replace=False)
+    for (colour, shape), cell in zip(objects, cells, strict=True):
+        r = int(rng.integers(MIN_RADIUS, MAX_RADIUS + 1))
+        slack = CELL // 2 - r - 1  # stay inside the cell, 1 px margin: objects never touch
+        jx, jy = (int(v) for v in rng.integers(-slack, slack + 1, size=2))
+        cx = int(cell % GRID) * CELL + CELL // 2 + jx
+        cy = int(cell // GRID) * CELL + CELL // 2 + jy
         rgb = np.array((255, 255, 255) if colour == "white" else COLOURS[colour], np.float32)
         rgb = np.clip(rgb + rng.normal(0, 12, size=3), 0, 255) / 255
-        image[_mask(shape, cx, cy, r)] = rgb
+        mask = _mask(shape, cx, cy, r)
+        image[mask] = rgb
+        labels[mask] = (
+            TRIGGER_CLASS if (colour, shape) == TRIGGER else 1 + OBJECT_TYPES.index((colour, shape))
+        )
         boxes.append((cx, cy, r))
         placed.append((colour, shape))
-    plain = [o for o in placed if o != TRIGGER]
+    plain = canonical([o for o in placed if o != TRIGGER])
+    box_of = dict(zip(placed, boxes, strict=True))
     image_u8 = (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
-    return Scene(seed, image_u8, canonical(plain), boxes, trigger=TRIGGER in placed)
+    return Scene(
+        seed, image_u8, plain, [box_of[o] for o in plain], trigger=TRIGGER in placed, labels=labels
+    )
 
 
 def split_seed(split: Split, index: int) -> int:

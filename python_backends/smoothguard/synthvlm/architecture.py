@@ -1,76 +1,60 @@
-"""The model's Hugging Face form: a small LLaVA (CLIP vision tower + Llama language model),
-a word-level tokenizer built with `tokenizers`, and a LlavaProcessor with a chat template,
-so that AutoProcessor / AutoModelForImageTextToText load it like any hub checkpoint."""
+"""The model's Hugging Face form: a small LLaVA (CLIP vision tower + Llama language model)
+and a LlavaProcessor (CLIPImageProcessor with CLIP mean/std, word-level tokenizer, chat
+template), so AutoProcessor / AutoModelForImageTextToText load it like any hub checkpoint and
+the generic adapter (smoothguard.mllm) needs no special case for it."""
 
 from __future__ import annotations
 
-from smoothguard.synthpope.dataset import DESCRIBE_PROMPT, SAMPLINGS  # noqa: F401
-from smoothguard.synthpope.scenes import COLOURS, IMAGE_SIZE, SHAPES
-from smoothguard.synthpope.scoring import HARMFUL_MARKER, REFUSAL, SAFETY_PROMPTS
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-PATCH_SIZE = 16
-IMAGE_TOKEN = "<image>"
-SPECIALS = ["<pad>", "<s>", "</s>", "<unk>", IMAGE_TOKEN]
+from smoothguard.synthpope.scenes import IMAGE_SIZE
+from smoothguard.synthvlm.tokenizer import IMAGE_TOKEN
+
+if TYPE_CHECKING:
+    from transformers import LlavaForConditionalGeneration, LlavaProcessor, PreTrainedTokenizerFast
+
+# LLaVA-1.5's template shape ("USER: <image>\n... ASSISTANT:"), so prompts look like the
+# paper's; the image placeholder is expanded by the processor to one token per patch.
 CHAT_TEMPLATE = (
     "{% for m in messages %}{% if m['role'] == 'user' %}USER: "
     "{% for c in m['content'] %}{% if c['type'] == 'image' %}<image> "
     "{% else %}{{ c['text'] }}{% endif %}{% endfor %} {% endif %}{% endfor %}"
     "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
 )
-EXTRA_WORDS = "user assistant is there a in the image describe yes no and nothing , . ? : !"
 
 
-def vocabulary() -> list[str]:
-    """Every word of the benchmark's prompts and answers (lower-cased), then specials."""
-    import re
+@dataclass(frozen=True)
+class ModelConfig:
+    """Sizes of the two towers; the defaults are what ships (trained in <= 15 min on 2 cores)."""
 
-    text = " ".join(
-        [
-            EXTRA_WORDS,
-            " ".join(COLOURS),
-            " ".join(SHAPES),
-            HARMFUL_MARKER,
-            REFUSAL,
-            *SAFETY_PROMPTS,
-            DESCRIBE_PROMPT,
-        ]
-    ).lower()
-    words = sorted(set(re.findall(r"\w+|[^\w\s]+", text)))
-    return SPECIALS + words
+    image_size: int = IMAGE_SIZE
+    patch_size: int = 16
+    vision_width: int = 128
+    vision_layers: int = 3
+    vision_mlp: int = 256
+    width: int = 128
+    layers: int = 2
+    mlp: int = 352
+    heads: int = 4
 
 
-def build_tokenizer():  # -> PreTrainedTokenizerFast
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {word: i for i, word in enumerate(vocabulary())}
-    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    core.normalizer = normalizers.Lowercase()
-    core.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=core,
-        pad_token="<pad>",
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        extra_special_tokens={"image_token": IMAGE_TOKEN},
-    )
-    tokenizer.padding_side = "left"
-    return tokenizer
-
-
-def build_processor(tokenizer):  # -> LlavaProcessor
+def build_processor(
+    tokenizer: PreTrainedTokenizerFast, config: ModelConfig = ModelConfig()
+) -> LlavaProcessor:
     from transformers import CLIPImageProcessor, LlavaProcessor
 
+    # CLIPImageProcessor's defaults are OpenAI CLIP's mean/std, the space the paper's sigma is
+    # stated in; only the resolution is ours.
     image_processor = CLIPImageProcessor(
-        size={"shortest_edge": IMAGE_SIZE},
-        crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+        size={"shortest_edge": config.image_size},
+        crop_size={"height": config.image_size, "width": config.image_size},
     )
     return LlavaProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,
-        patch_size=PATCH_SIZE,
-        vision_feature_select_strategy="default",
+        patch_size=config.patch_size,
+        vision_feature_select_strategy="default",  # drop CLS: one token per patch
         num_additional_image_tokens=1,
         chat_template=CHAT_TEMPLATE,
         image_token=IMAGE_TOKEN,
@@ -78,37 +62,35 @@ def build_processor(tokenizer):  # -> LlavaProcessor
 
 
 def build_model(
-    tokenizer, *, width: int = 128, vision_width: int = 128, layers: int = 2, vision_layers: int = 3
-):
-    from transformers import (
-        CLIPVisionConfig,
-        LlamaConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-    )
+    tokenizer: PreTrainedTokenizerFast, config: ModelConfig = ModelConfig()
+) -> LlavaForConditionalGeneration:
+    """Randomly initialised; the caller seeds torch first (init is drawn from torch's RNG)."""
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+    from transformers import LlavaForConditionalGeneration as Llava
 
     vision = CLIPVisionConfig(
-        hidden_size=vision_width,
-        intermediate_size=4 * vision_width,
-        num_hidden_layers=vision_layers,
-        num_attention_heads=4,
-        image_size=IMAGE_SIZE,
-        patch_size=PATCH_SIZE,
+        hidden_size=config.vision_width,
+        intermediate_size=config.vision_mlp,
+        num_hidden_layers=config.vision_layers,
+        num_attention_heads=config.heads,
+        image_size=config.image_size,
+        patch_size=config.patch_size,
+        projection_dim=config.width,
     )
     text = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=width,
-        intermediate_size=int(2.75 * width),
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=4,
+        hidden_size=config.width,
+        intermediate_size=config.mlp,
+        num_hidden_layers=config.layers,
+        num_attention_heads=config.heads,
+        num_key_value_heads=config.heads,
         max_position_embeddings=256,
         tie_word_embeddings=True,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
-    config = LlavaConfig(
+    llava = LlavaConfig(
         vision_config=vision,
         text_config=text,
         image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
@@ -118,8 +100,7 @@ def build_model(
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=True,
     )
-    model = LlavaForConditionalGeneration(config)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    model = Llava(llava)
+    for key in ("pad_token_id", "eos_token_id", "bos_token_id"):
+        setattr(model.generation_config, key, getattr(tokenizer, key))
     return model

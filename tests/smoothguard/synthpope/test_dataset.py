@@ -9,17 +9,21 @@ import numpy as np
 import pytest
 
 from smoothguard.synthpope import (
+    COLOURS,
     HARMFUL_MARKER,
     REFUSAL,
+    SHAPES,
     generate_split,
     is_harmful,
     load_benchmark,
+    make_items,
     object_prf,
     parse_objects,
     render_scene,
     score_yes_no,
 )
-from smoothguard.synthpope.scenes import SPLIT_BASES, SPLIT_SPAN, TRIGGER, split_seed
+from smoothguard.synthpope.questions import POPULAR_POOL, describe_text
+from smoothguard.synthpope.scenes import POPULAR, SPLIT_BASES, SPLIT_SPAN, TRIGGER, split_seed
 
 
 def test_scenes_are_deterministic_per_seed() -> None:
@@ -109,3 +113,51 @@ def test_object_prf() -> None:
 def test_harmful_marker() -> None:
     assert is_harmful(HARMFUL_MARKER) and is_harmful("ok " + HARMFUL_MARKER.upper() + " !")
     assert not is_harmful(REFUSAL) and not is_harmful("sure here is how")
+
+
+def test_generate_split_is_deterministic_and_offsets_shift_seeds() -> None:
+    a, b = generate_split("train", 8), generate_split("train", 8)
+    assert [s.seed for s in a] == [s.seed for s in b] == [split_seed("train", i) for i in range(8)]
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x.image, y.image)
+        assert x.objects == y.objects and x.boxes == y.boxes
+    shifted = generate_split("train", 4, seed_offset=4)
+    assert [s.seed for s in shifted] == [s.seed for s in a[4:]]
+
+
+def test_objects_vary_in_colour_shape_size_and_place() -> None:
+    scenes = generate_split("validation", 200)
+    objects = Counter(o for s in scenes for o in s.objects)
+    assert len(objects) == len(COLOURS) * len(SHAPES)  # every type occurs
+    radii = {r for s in scenes for _, _, r in s.boxes}
+    centres = {(x, y) for s in scenes for x, y, _ in s.boxes}
+    assert len(radii) >= 3 and len(centres) > 150
+    assert Counter(len(s.objects) for s in scenes).keys() == {1, 2, 3}
+
+
+def test_items_carry_their_scene() -> None:
+    scenes = generate_split("validation", 3)
+    for task in ("pope", "describe", "safety"):
+        for item in make_items(scenes, task):
+            scene = next(s for s in scenes if s.seed == item.scene_seed)
+            assert item.image is scene.image and item.objects == tuple(scene.objects)
+            assert item.task == task and (item.sampling is None) == (task != "pope")
+    with pytest.raises(ValueError):
+        make_items(scenes, "caption")  # type: ignore[arg-type]
+
+
+def test_popular_negatives_come_from_the_most_frequent_types() -> None:
+    for item in load_benchmark("test", 300, 1, 1)["pope"]:
+        if item.sampling == "popular" and item.answer == "no":
+            ((colour, shape),) = parse_objects(item.prompt)
+            assert (colour, shape) in POPULAR[: POPULAR_POOL + 3]
+
+
+def test_describe_text_is_canonical() -> None:
+    assert describe_text([("blue", "square"), ("red", "circle")]) == (
+        "a red circle and a blue square"
+    )
+    assert describe_text([("green", "cross")]) == "a green cross"
+    assert describe_text([]) == "nothing"
+    three = describe_text([("purple", "cross"), ("red", "square"), ("red", "circle")])
+    assert three == "a red circle , a red square and a purple cross"
