@@ -7,7 +7,7 @@ GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
 PYTEST_ARGS ?=
 
-.PHONY: install render serve test lint unit integration bench evaluate
+.PHONY: install render serve test lint unit integration bench soak evaluate
 
 install: $(VENV)/.installed
 
@@ -36,6 +36,11 @@ integration: install
 
 bench: install
 	$(PY) benchmarks/serving_bench.py --out var/bench
+
+# Load and soak: concurrency 16 on smoothguard for 10 minutes, zero failures, RSS growth < 10%
+# (SOAK_ARGS=--ci for the one-minute version).
+soak: install
+	$(PY) benchmarks/soak.py --out var/soak $(SOAK_ARGS)
 
 evaluate: install
 	$(PY) -m smoothguard.evaluation --out var/eval

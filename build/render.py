@@ -5,6 +5,11 @@
 Templates are `model_repository/<model>/config.pbtxt.tmpl`; `${name}` placeholders are filled
 strictly (an unknown or unfilled placeholder is a build error, never a blank) and every rendered
 config is parsed as a Triton ModelConfig protobuf before it is written.
+
+A profile's `overlays` (e.g. `gpu/common`, `gpu/mllm_${mllm_runtime}`) name folders under
+model_repository/ whose models replace or add to the base ones; an overlay model without
+version folders keeps the base model's code. In a version folder, `NAME.link` holding a
+(templated) path becomes a symlink NAME, e.g. a TensorRT plan on the engines volume.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from smoothguard.settings import DefenseSettings  # noqa: E402
 
 PROFILES = REPO_ROOT / "build" / "profiles.yaml"
 TEMPLATES = REPO_ROOT / "model_repository"
+MLLM_RUNTIMES: tuple[str, ...] = ("trt_engine", "llm_api")
 
 
 class RenderError(RuntimeError):
@@ -72,10 +78,65 @@ def parameters_block(params: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
+def _flat_values(profile: dict[str, Any]) -> dict[str, Any]:
+    """Every scalar setting as `<section>_<key>` (or `<key>` at the top), for templates of
+    profile-specific models; the explicit names in `substitutions` take precedence."""
+    flat: dict[str, Any] = {}
+    for key, value in profile.items():
+        if isinstance(value, dict):
+            for sub, leaf in value.items():
+                if not isinstance(leaf, (dict, list)):
+                    flat[f"{key}_{sub}"] = leaf
+        elif not isinstance(value, list):
+            flat[key] = value
+    return flat
+
+
+def _gpu_values(profile: dict[str, Any], defense: DefenseSettings) -> dict[str, Any]:
+    """Derived engine sizes for profiles with a TensorRT-LLM `mllm.runtime`, and the checks
+    that would otherwise only fail on the GPU machine."""
+    mllm, steps = profile["mllm"], profile["steps"]
+    runtime = mllm["runtime"]
+    if runtime not in MLLM_RUNTIMES:
+        raise RenderError(f"mllm.runtime must be one of {MLLM_RUNTIMES}, got {runtime!r}")
+    if runtime == "trt_engine" and mllm["family"] != "llava":
+        raise RenderError(
+            f"mllm.family {mllm['family']!r} has no TensorRT engine path here; use "
+            "mllm.runtime=llm_api (the PyTorch backend), as for qwen2_5_vl"
+        )
+    if steps.get("generate_fanout", "requests") != "requests":
+        raise RenderError(
+            "steps.generate_fanout must be 'requests' on GPU: TensorRT-LLM takes one prompt "
+            "table per request, so the N noisy copies must be N requests"
+        )
+    batch, visual = int(mllm["max_batch_size"]), int(mllm["num_visual_features"])
+    need = defense.num_samples * int(mllm["expected_concurrency"])
+    if batch < need:
+        raise RenderError(
+            f"mllm.max_batch_size {batch} < defense.num_samples x mllm.expected_concurrency "
+            f"= {need}: the engine could not hold every copy of every request in flight"
+        )
+    if batch < defense.num_samples_max:
+        raise RenderError("mllm.max_batch_size must be >= defense.num_samples_max")
+    if int(mllm["max_output_len"]) < defense.max_new_tokens_limit:
+        raise RenderError("mllm.max_output_len must be >= defense.max_new_tokens_limit")
+    max_input_len = int(mllm["max_text_len"]) + visual
+    return {
+        "mllm_max_multimodal_len": batch * visual,
+        "mllm_max_input_len": max_input_len,
+        "mllm_max_seq_len": max_input_len + int(mllm["max_output_len"]),
+        "mllm_image_size": mllm.get("image_size", 0),
+        "engines_dir": profile["engines_dir"],
+    }
+
+
 def substitutions(profile: dict[str, Any]) -> dict[str, str]:
     defense = DefenseSettings(**profile["defense"])
     mllm, embedder, steps = profile["mllm"], profile["embedder"], profile["steps"]
-    values: dict[str, Any] = {
+    values: dict[str, Any] = _flat_values(profile)
+    if "runtime" in mllm:
+        values.update(_gpu_values(profile, defense))
+    values |= {
         "device": profile["device"],
         "defense_parameters": parameters_block(defense.to_parameters()),
         "mllm_path": _resolve_path(mllm["model_path"]),
@@ -90,8 +151,12 @@ def substitutions(profile: dict[str, Any]) -> dict[str, str]:
         "embedder_threads": embedder["threads"],
         "noise_instances": steps["noise_instances"],
         "generate_instances": steps["generate_instances"],
+        "generate_timeout_s": steps["generate_timeout_s"],
+        "generate_fanout": steps.get("generate_fanout", "requests"),
         "aggregate_instances": steps["aggregate_instances"],
     }
+    if values["generate_fanout"] not in ("requests", "batch"):
+        raise RenderError("steps.generate_fanout must be 'requests' or 'batch'")
     if int(embedder["max_batch_size"]) < defense.num_samples_max:
         raise RenderError(
             "embedder.max_batch_size must be >= defense.num_samples_max: the ensemble sends all "
@@ -120,6 +185,35 @@ def parse_model_config(text: str, source: Path) -> Any:
         raise RenderError(f"{source}: not a valid Triton ModelConfig: {exc}") from exc
 
 
+def _version_dirs(model_dir: Path) -> list[Path]:
+    return sorted(p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def model_sources(profile: dict[str, Any], values: dict[str, str]) -> dict[str, tuple[Path, Path]]:
+    """Model name -> (its template, the folder whose version folders hold its code)."""
+    base = {t.parent.name: t for t in sorted(TEMPLATES.glob("*/config.pbtxt.tmpl"))}
+    models = {name: (t, t.parent) for name, t in base.items()}
+    for spec in profile.get("overlays", []):
+        overlay = render_template(str(spec), values, PROFILES)
+        folder = (TEMPLATES / overlay).resolve()
+        if TEMPLATES.resolve() not in folder.parents or not folder.is_dir():
+            raise RenderError(f"overlay {overlay!r} is not a folder under {TEMPLATES}")
+        for template in sorted(folder.glob("*/config.pbtxt.tmpl")):
+            name = template.parent.name
+            code = template.parent
+            if not _version_dirs(code) and name in base:
+                code = base[name].parent
+            models[name] = (template, code)
+    return models
+
+
+def _copy_version(source: Path, target: Path, values: dict[str, str]) -> None:
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.link"))
+    for link in sorted(source.glob("*.link")):
+        destination = render_template(link.read_text().strip(), values, link)
+        (target / link.stem).symlink_to(destination)
+
+
 def render(profile_name: str, out: Path, overrides: list[str] | None = None) -> Path:
     profile = load_profile(profile_name, overrides)
     values = substitutions(profile)
@@ -127,20 +221,14 @@ def render(profile_name: str, out: Path, overrides: list[str] | None = None) -> 
     if staging.exists():
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
-    for template in sorted(TEMPLATES.glob("*/config.pbtxt.tmpl")):
-        model_dir = template.parent
+    for name, (template, code) in sorted(model_sources(profile, values).items()):
         rendered = render_template(template.read_text(), values, template)
         parse_model_config(rendered, template)
-        target = staging / model_dir.name
+        target = staging / name
         target.mkdir()
         (target / "config.pbtxt").write_text(rendered)
-        for version_dir in model_dir.iterdir():
-            if version_dir.is_dir() and version_dir.name.isdigit():
-                shutil.copytree(
-                    version_dir,
-                    target / version_dir.name,
-                    ignore=shutil.ignore_patterns("__pycache__"),
-                )
+        for version_dir in _version_dirs(code):
+            _copy_version(version_dir, target / version_dir.name, values)
         # Git keeps no empty folders; an ensemble still needs its (empty) version folder.
         (target / "1").mkdir(exist_ok=True)
     (staging / "profile.json").write_text(json.dumps(profile, indent=2))

@@ -57,6 +57,13 @@ def main(argv: list[str] | None = None) -> int:
         help="wall-clock guard for the training loop",
     )
     parser.add_argument("--threads", type=int, default=defaults.threads)
+    parser.add_argument(
+        "--noise-share",
+        type=float,
+        default=defaults.noise_share,
+        help="share of each batch trained on Gaussian-noised inputs (0 turns augmentation off)",
+    )
+    parser.add_argument("--noise-max", type=float, default=defaults.noise_max)
     parser.add_argument("--no-eval", action="store_true")
     args = parser.parse_args(argv)
     started = time.perf_counter()
@@ -66,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         steps=args.steps,
         max_minutes=args.minutes,
         threads=args.threads,
+        noise_share=args.noise_share,
+        noise_max=args.noise_max,
     )
     record = train(args.out, config)
     record["config"] = dataclasses.asdict(config)

@@ -8,7 +8,9 @@ runs them, with the same retry policy, blocking or awaiting.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
+import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +32,7 @@ PIPELINE_MODELS = ("noise", "generate", "aggregate")
 EMBED_BATCH_SIZE = 64  # the embedder's max_batch_size
 
 InferInput = grpcclient.InferInput
+log = logging.getLogger("smoothguard_client")
 
 
 # ---------------------------------------------------------------- input builders (shared)
@@ -153,26 +156,57 @@ def _stack_embeddings(parts: Sequence[np.ndarray]) -> np.ndarray:
 # ---------------------------------------------------------------- retries (shared)
 
 
+DEFAULT_RETRY_ON = frozenset({"UNAVAILABLE"})
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Exponential backoff for unreachable servers only: inference is idempotent, bad input isn't
-    going to get better."""
+    """Exponential backoff with jitter for calls that are safe to repeat.
 
-    retries: int = 2
+    Which calls: health, readiness and metadata always (pure reads). Inference too, unless
+    `retry_inference=False`: the server keeps no state per request, so a repeated call has no
+    effect beyond its cost; a seeded request gets the identical answer, an unseeded one fresh
+    noise, which is fine because the failed attempt's answer was never delivered.
+    Which errors: by default only UNAVAILABLE (connection refused or reset, server starting or
+    stopping), where the server did not run the request. DEADLINE_EXCEEDED is not retried by
+    default: the server may still be working on it, and repeating adds load to a slow server.
+    Delays: `backoff_s * 2**attempt`, capped at `max_backoff_s`, then scaled by a random factor
+    in [1 - jitter, 1] so that clients cut off together do not come back together.
+    """
+
+    retries: int = 2  # attempts = retries + 1
     backoff_s: float = 0.5
     max_backoff_s: float = 8.0
+    retry_on: frozenset[str] = DEFAULT_RETRY_ON  # gRPC status names, e.g. "UNAVAILABLE"
+    retry_inference: bool = True
+    jitter: float = 0.0
 
     def __post_init__(self) -> None:
         if self.retries < 0:
             raise ValueError(f"retries must be >= 0, got {self.retries}")
         if self.backoff_s < 0 or self.max_backoff_s < 0:
             raise ValueError("backoff_s and max_backoff_s must be >= 0")
+        if not 0.0 <= self.jitter <= 1.0:
+            raise ValueError(f"jitter must lie in [0, 1], got {self.jitter}")
+        codes = {str(c).removeprefix("StatusCode.").upper() for c in self.retry_on}
+        object.__setattr__(self, "retry_on", frozenset(codes))
 
-    def delay_s(self, attempt: int, error: SmoothGuardError) -> float | None:
+    @property
+    def attempts(self) -> int:
+        return self.retries + 1
+
+    def delay_s(
+        self, attempt: int, error: SmoothGuardError, *, idempotent: bool = True
+    ) -> float | None:
         """Seconds to wait after failed attempt number `attempt` (0-based), or None to give up."""
-        if not error.is_retryable or attempt >= self.retries:
+        if attempt >= self.retries or error.status not in self.retry_on:
             return None
-        return min(self.backoff_s * 2**attempt, self.max_backoff_s)
+        if not idempotent and not self.retry_inference:
+            return None
+        delay = min(self.backoff_s * 2**attempt, self.max_backoff_s)
+        if self.jitter:
+            delay *= 1.0 - self.jitter * random.random()
+        return delay
 
 
 @dataclass(frozen=True)
@@ -184,6 +218,8 @@ class _Call:
     decode: Callable[[Any], Any] = lambda response: response
     # Called with a non-retryable error instead of raising it (None: raise).
     on_error: Callable[[SmoothGuardError], Any] | None = None
+    # Reads are always safe to repeat; inference follows RetryPolicy.retry_inference.
+    idempotent: bool = True
 
 
 def _not_ready(error: SmoothGuardError) -> bool:
@@ -212,6 +248,7 @@ class _ClientBase:
         retries: int = 2,
         backoff_s: float = 0.5,
         max_backoff_s: float = 8.0,
+        retry: RetryPolicy | None = None,
         ssl: bool = False,
         root_certificates: str | None = None,
         private_key: str | None = None,
@@ -226,7 +263,8 @@ class _ClientBase:
         self.undefended_model = undefended_model
         self.embedder_model = embedder_model
         self.timeout_s = timeout_s
-        self.retry = RetryPolicy(retries, backoff_s, max_backoff_s)
+        # `retry` (full control: status codes, jitter, inference) wins over the three shorthands.
+        self.retry = retry or RetryPolicy(retries, backoff_s, max_backoff_s)
         self.headers = dict(headers) if headers else None
         self._connection: dict[str, Any] = {
             "url": self.url,
@@ -268,7 +306,7 @@ class _ClientBase:
             return DefendedAnswer.from_infer_result(result, latency, model=self.model)
 
         kwargs = {"model_name": self.model, "inputs": inputs, "request_id": request_id or ""}
-        return _Call("infer", {**kwargs, **self._common()}, decode)
+        return _Call("infer", {**kwargs, **self._common()}, decode, idempotent=False)
 
     def _undefended_call(
         self, image: ImageLike, prompt: str, *, max_new_tokens: int | None = None
@@ -283,7 +321,7 @@ class _ClientBase:
             return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value
 
         kwargs = {"model_name": self.undefended_model, "inputs": inputs}
-        return _Call("infer", {**kwargs, **self._common()}, decode)
+        return _Call("infer", {**kwargs, **self._common()}, decode, idempotent=False)
 
     def _embed_call(self, texts: Sequence[str]) -> _Call:
         def decode(result: Any) -> np.ndarray:
@@ -295,7 +333,7 @@ class _ClientBase:
             return embedding.astype(np.float32, copy=False)
 
         kwargs = {"model_name": self.embedder_model, "inputs": build_embed_inputs(texts)}
-        return _Call("infer", {**kwargs, **self._common()}, decode)
+        return _Call("infer", {**kwargs, **self._common()}, decode, idempotent=False)
 
     def _health_calls(self) -> dict[str, _Call]:
         common = self._common()
@@ -326,6 +364,13 @@ class _ClientBase:
             "version": str(getattr(metadata, "version", "")),
             "models": models,
         }
+
+
+def _log_retry(call: _Call, attempt: int, error: SmoothGuardError, delay: float) -> None:
+    """One warning per retry, so operators see a flapping server in client logs."""
+    log.warning(
+        "%s failed (attempt %d): %s; retrying in %.2f s", call.method, attempt + 1, error, delay
+    )
 
 
 def _failure(exc: InferenceServerException) -> SmoothGuardError:
@@ -361,13 +406,14 @@ class SmoothGuardClient(_ClientBase):
                 response = method(**call.kwargs)
             except InferenceServerException as exc:
                 error = _failure(exc)
-                delay = self.retry.delay_s(attempt, error)
+                delay = self.retry.delay_s(attempt, error, idempotent=call.idempotent)
                 if delay is None:
                     if call.on_error is not None:
                         return call.on_error(error)
                     raise error from exc
             else:
                 return call.decode(response)
+            _log_retry(call, attempt, error, delay)
             time.sleep(delay)
             attempt += 1
 
@@ -476,13 +522,14 @@ class AsyncSmoothGuardClient(_ClientBase):
                 response = await method(**call.kwargs)
             except InferenceServerException as exc:
                 error = _failure(exc)
-                delay = self.retry.delay_s(attempt, error)
+                delay = self.retry.delay_s(attempt, error, idempotent=call.idempotent)
                 if delay is None:
                     if call.on_error is not None:
                         return call.on_error(error)
                     raise error from exc
             else:
                 return call.decode(response)
+            _log_retry(call, attempt, error, delay)
             await asyncio.sleep(delay)
             attempt += 1
 

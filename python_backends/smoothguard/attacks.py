@@ -11,6 +11,10 @@ already at the model's resolution to itself).
 - `universal=True`: one perturbation shared by every image of the batch.
 - `eot_samples > 0`: the adaptive attack on randomized defenses (Athalye et al.), the gradient
   averaged over the same Gaussian noise the defense adds.
+
+Other modalities: a model with an `attack_domain()` method supplies its own input space
+(encode / project / model_input / noisy / decode, see `_ImageDomain`); audio models use the
+waveform itself (smoothguard.synthalm.model.WaveformDomain), with `eps` in its units.
 """
 
 from __future__ import annotations
@@ -68,9 +72,51 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     return array.permute(0, 2, 3, 1).contiguous().numpy()
 
 
+class _ImageDomain:
+    """Images: attacked in [0, 1] pixel space, normalised for the model, uint8 out."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.norm = _Normalizer(model)
+        self.noise_unit = "normalized"
+
+    def encode(self, inputs: Sequence[np.ndarray]) -> torch.Tensor:
+        return to_unit_pixels(self.model, inputs)
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        return x.clamp(0, 1)
+
+    def model_input(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x)
+
+    def noisy(
+        self, values: torch.Tensor, samples: int, sigma: float, generator: torch.Generator
+    ) -> torch.Tensor:
+        """[B,3,H,W] normalised -> [samples * B,3,H,W], the defense's clipped Gaussian copies."""
+        scale = torch.tensor(normalized_sigma(sigma, self.noise_unit, self.norm.std.flatten()))
+        noise = torch.randn((samples, *values.shape), generator=generator) * scale.view(
+            1, 1, 3, 1, 1
+        )
+        low, high = self.norm.bounds()
+        noisy = (values.unsqueeze(0) + noise).clamp(low, high)
+        return noisy.reshape(-1, *values.shape[1:])
+
+    def decode(self, x: torch.Tensor) -> np.ndarray:
+        return to_uint8(x.clamp(0, 1))
+
+
+def _domain(model: Any, spec: AttackSpec) -> Any:
+    make = getattr(model, "attack_domain", None)
+    if callable(make):
+        return make()
+    domain = _ImageDomain(model)
+    domain.noise_unit = spec.noise_unit
+    return domain
+
+
 def _objective(
     model: Any,
-    norm: _Normalizer,
+    domain: Any,
     x: torch.Tensor,
     prompts: Sequence[str],
     push: Sequence[str] | None,
@@ -78,22 +124,16 @@ def _objective(
     spec: AttackSpec,
     generator: torch.Generator,
 ) -> torch.Tensor:
-    pixel_values = norm(x)
+    values = domain.model_input(x)
     if spec.eot_samples > 0:
         k = spec.eot_samples
-        sigma = torch.tensor(normalized_sigma(spec.sigma, spec.noise_unit, norm.std.flatten()))
-        noise = torch.randn((k, *pixel_values.shape), generator=generator) * sigma.view(
-            1, 1, 3, 1, 1
-        )
-        low, high = norm.bounds()
-        noisy = (pixel_values.unsqueeze(0) + noise).clamp(low, high)
-        pixel_values = noisy.reshape(-1, *pixel_values.shape[1:])
+        values = domain.noisy(values, k, spec.sigma, generator)
         prompts, push, pull = (None if s is None else list(s) * k for s in (prompts, push, pull))
-    total = torch.zeros(pixel_values.shape[0])
+    total = torch.zeros(values.shape[0])
     if push is not None:
-        total = total + model.answer_logprob(pixel_values, prompts, push)
+        total = total + model.answer_logprob(values, prompts, push)
     if pull is not None:
-        total = total - model.answer_logprob(pixel_values, prompts, pull)
+        total = total - model.answer_logprob(values, prompts, pull)
     return total.sum() / max(spec.eot_samples, 1)
 
 
@@ -107,27 +147,30 @@ def pgd(
     spec: AttackSpec,
     progress: Any | None = None,
 ) -> np.ndarray:
-    """Adversarial uint8 images [B,H,W,3]; `progress(n)` is called once per step if given."""
+    """Adversarial inputs: uint8 images [B,H,W,3] (or the domain's, e.g. float32 waveforms).
+
+    `progress(n)` is called once per step if given.
+    """
     if push is None and pull is None:
         raise ValueError("an attack needs answers to push towards or pull away from")
     generator = torch.Generator().manual_seed(spec.seed)
-    norm = _Normalizer(model)
-    x = to_unit_pixels(model, images)
+    domain = _domain(model, spec)
+    x = domain.encode(images)
     shape = (1, *x.shape[1:]) if spec.universal else tuple(x.shape)
     if spec.random_start:
         delta = (torch.rand(shape, generator=generator) * 2 - 1) * spec.eps
     else:
         delta = torch.zeros(shape)
-    delta = ((x + delta).clamp(0, 1) - x) if not spec.universal else delta
+    delta = (domain.project(x + delta) - x) if not spec.universal else delta
     for _ in range(spec.steps):
         delta.requires_grad_(True)
-        adv = (x + delta).clamp(0, 1)
-        objective = _objective(model, norm, adv, prompts, push, pull, spec, generator)
+        adv = domain.project(x + delta)
+        objective = _objective(model, domain, adv, prompts, push, pull, spec, generator)
         (grad,) = torch.autograd.grad(objective, delta)
         with torch.no_grad():
             delta = (delta + spec.alpha * grad.sign()).clamp(-spec.eps, spec.eps)
             if not spec.universal:
-                delta = (x + delta).clamp(0, 1) - x
+                delta = domain.project(x + delta) - x
         if progress is not None:
             progress(1)
-    return to_uint8((x + delta.detach()).clamp(0, 1))
+    return domain.decode(domain.project(x + delta.detach()))

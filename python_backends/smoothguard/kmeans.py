@@ -16,6 +16,9 @@ one batched matmul the cost no longer depends on the embedding width D.
 * larger N: Lloyd's algorithm in kernel form from N + 1 deterministic seed pairs (the pair
   "farthest from the mean, then farthest from that", and "point i, then the point farthest
   from i" for each i), all run in one batched pass; the lowest inertia wins.
+* on GPU with RAPIDS cuML installed and N >= ``CUML_MIN_N``: cuML's KMeans per request from
+  the first of those seed pairs (``backend="auto"``; build/gpu_check.py times both). Below
+  that size one batched CuPy pass over all requests beats a cuML call per request.
 
 Conventions (the aggregator relies on them):
 
@@ -35,9 +38,11 @@ from typing import Any
 
 import numpy as np
 
-from smoothguard.xp import array_module
+from smoothguard.xp import array_module, cuml_available
 
 EXACT_MAX_N = 12
+CUML_MIN_N = 256  # below this the batched CuPy Lloyd wins (see build/gpu_check.py)
+BACKENDS: tuple[str, ...] = ("auto", "xp", "cuml")
 EXACT_LIMIT = 16  # 32767 partitions; beyond that the exhaustive search costs more than it buys
 
 
@@ -55,13 +60,17 @@ def kmeans2(
     tol: float = 1e-6,
     same_tol: float = 1e-6,
     exact_max_n: int = EXACT_MAX_N,
+    backend: str = "auto",
 ) -> KMeansResult:
     """2-means of each request in ``x`` ``[B, N, D]``; see the module docstring.
 
     ``tol``: Lloyd stops once no centroid moves by more than ``tol`` times the mean squared
     norm (squared distance), or no label changes. Only used when ``N > exact_max_n``.
+    ``backend``: "xp" (NumPy/CuPy, batched), "cuml" (GPU input only), or "auto".
     """
     xp = array_module(x)
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if x.ndim != 3:
         raise ValueError(f"x must be [B, N, D], got shape {x.shape}")
     b, n, _ = x.shape
@@ -88,6 +97,8 @@ def kmeans2(
         gram = x64 @ x64.transpose(0, 2, 1)  # [B, N, N]
         if n <= exact_max_n:
             labels = _exact(xp, gram)
+        elif _use_cuml(xp, backend, n):
+            labels = _cuml_labels(xp, x64, gram, max_iter=max_iter, tol=tol)
         else:
             labels = _lloyd(xp, gram, max_iter=max_iter, tol=tol, scale=scale)
         labels = xp.where(degenerate[:, None], 0, labels)
@@ -96,6 +107,40 @@ def kmeans2(
 
     centroids, inertia = _centroids(xp, x64, labels)
     return KMeansResult(labels=labels, centroids=centroids.astype(out_dtype), inertia=inertia)
+
+
+def _use_cuml(xp: ModuleType, backend: str, n: int) -> bool:
+    """cuML only for device arrays, where installed, and (auto) where it is the faster one."""
+    if backend == "xp" or xp is np:
+        if backend == "cuml":
+            raise ValueError("backend='cuml' needs CuPy (GPU) input")
+        return False
+    if backend == "cuml":
+        if not cuml_available():
+            raise RuntimeError("backend='cuml' requested but cuML is not installed")
+        return True
+    return n >= CUML_MIN_N and cuml_available()
+
+
+def _cuml_labels(xp: ModuleType, x64: Any, gram: Any, *, max_iter: int, tol: float) -> Any:
+    """cuML KMeans per request, seeded with the deterministic farthest pair (no randomness)."""
+    from cuml.cluster import KMeans  # type: ignore[import-not-found]
+
+    b, n, _ = gram.shape
+    diag = xp.diagonal(gram, axis1=1, axis2=2)
+    to_mean = diag - 2.0 * gram.mean(axis=2) + gram.mean(axis=(1, 2))[:, None]
+    first = xp.argmax(to_mean, axis=1)  # [B]
+    rows = xp.arange(b)
+    dist = diag[rows, first][:, None] + diag - 2.0 * gram[rows, first]  # [B, N]
+    second = xp.argmax(dist, axis=1)
+    labels = xp.empty((b, n), dtype=xp.int32)
+    for i in range(b):
+        init = xp.stack([x64[i, int(first[i])], x64[i, int(second[i])]])
+        model = KMeans(
+            n_clusters=2, init=init, n_init=1, max_iter=max_iter, tol=tol, output_type="cupy"
+        )
+        labels[i] = model.fit_predict(x64[i]).astype(xp.int32)
+    return labels
 
 
 def _exact(xp: ModuleType, gram: Any) -> Any:

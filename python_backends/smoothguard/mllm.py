@@ -45,6 +45,10 @@ class VisionLanguageModel:
             float(mean[2]),
         )
         self.image_std: tuple[float, float, float] = (float(std[0]), float(std[1]), float(std[2]))
+        self._init_text()
+
+    def _init_text(self) -> None:
+        """Padding/EOS ids and prompt/answer caches: the text side, shared with audio models."""
         pad = self.tokenizer.pad_token_id
         eos = self.tokenizer.eos_token_id
         self.pad_id = int(pad if pad is not None else (eos if eos is not None else 0))

@@ -61,19 +61,8 @@ class SmoothGuard:
         self, pixel_values: np.ndarray, prompt: str, options: RequestOptions
     ) -> DefendedAnswer:
         """`pixel_values` is one processor-normalised image ``[3, H, W]``."""
-        if pixel_values.ndim != 3:
-            raise ValueError(f"pixel_values must be [3, H, W], got shape {pixel_values.shape}")
         n = options.num_samples
-        copies = noisy_copies(
-            pixel_values,
-            num_samples=n,
-            sigma=options.sigma,
-            unit=self.settings.noise_unit,
-            clip=self.settings.clip,
-            mean=self.image_mean,
-            std=self.image_std,
-            rng=make_rng(array_module(pixel_values), options.seed),
-        )
+        copies = self.noisy_copies(pixel_values, options)
         first = first_round(n, adaptive=options.adaptive, initial=self.settings.adaptive_initial)
         texts = self._generate(copies[:first], prompt, options.max_new_tokens)
         if first < n and not unanimous(texts):
@@ -97,6 +86,21 @@ class SmoothGuard:
             num_samples=n,
             original_text=texts[0],
             candidates=tuple(texts),
+        )
+
+    def noisy_copies(self, pixel_values: np.ndarray, options: RequestOptions) -> np.ndarray:
+        """The N inputs, copy 0 untouched; other modalities override this step alone."""
+        if pixel_values.ndim != 3:
+            raise ValueError(f"pixel_values must be [3, H, W], got shape {pixel_values.shape}")
+        return noisy_copies(
+            pixel_values,
+            num_samples=options.num_samples,
+            sigma=options.sigma,
+            unit=self.settings.noise_unit,
+            clip=self.settings.clip,
+            mean=self.image_mean,
+            std=self.image_std,
+            rng=make_rng(array_module(pixel_values), options.seed),
         )
 
     def _generate(self, copies: np.ndarray, prompt: str, max_new_tokens: int) -> list[str]:

@@ -38,10 +38,17 @@ def decode_image_bytes(data: bytes, *, max_bytes: int, max_pixels: int) -> np.nd
             rgb.load()
     except InvalidRequest:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise InvalidRequest(f"IMAGE_BYTES could not be decoded as PNG/JPEG: {exc}") from exc
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
         raise InvalidRequest(f"IMAGE_BYTES rejected as a decompression bomb: {exc}") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise InvalidRequest(f"IMAGE_BYTES could not be decoded as PNG/JPEG: {exc}") from exc
+    except Exception as exc:  # hostile bytes reach PIL's parsers, see below
+        # Corrupt files make PIL's decoders raise more than OSError (EOFError, struct.error,
+        # IndexError, TypeError, ...): every one of them is the caller's bad input, not a
+        # server fault, so none may surface as INTERNAL.
+        raise InvalidRequest(
+            f"IMAGE_BYTES could not be decoded as PNG/JPEG: {type(exc).__name__}: {exc}"
+        ) from exc
     return np.asarray(rgb, dtype=np.uint8)
 
 

@@ -37,6 +37,18 @@ def _gpu_count() -> int:
         return 0
 
 
+@functools.cache
+def cuml_available() -> bool:
+    """True when RAPIDS cuML imports (it needs a GPU); cached, the import is slow."""
+    if not gpu_available():
+        return False
+    try:
+        import cuml.cluster  # type: ignore[import-not-found]  # noqa: F401
+    except (ImportError, OSError, RuntimeError):
+        return False
+    return True
+
+
 def gpu_available() -> bool:
     """True when CuPy imports and sees at least one CUDA device."""
     return _gpu_count() > 0

@@ -20,7 +20,9 @@ def pb_utils(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     fake = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(fake)
     monkeypatch.setitem(sys.modules, "triton_python_backend_utils", fake)
-    monkeypatch.delitem(sys.modules, "smoothguard_triton.glue", raising=False)
+    # Modules that imported the previous fake must import this one.
+    for name in ("smoothguard_triton.glue", "smoothguard_triton.metrics"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
     return fake
 
 

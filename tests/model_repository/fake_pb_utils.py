@@ -70,6 +70,55 @@ class Logger:
         cls.lines.append(message)
 
 
+class Metric:
+    """A metric as the stub's API behaves: counters only go up, histograms only observe."""
+
+    def __init__(self, family: MetricFamily, labels: dict[str, str], buckets: Any) -> None:
+        self.family, self.labels, self.buckets = family, labels, buckets
+        self._value = 0.0
+        self.observations: list[float] = []
+
+    def increment(self, value: float) -> None:
+        if self.family.kind == MetricFamily.HISTOGRAM:
+            raise RuntimeError("histograms do not support increment")
+        if self.family.kind == MetricFamily.COUNTER and value < 0:
+            raise RuntimeError("counters only increase")
+        self._value += value
+
+    def observe(self, value: float) -> None:
+        if self.family.kind != MetricFamily.HISTOGRAM:
+            raise RuntimeError("only histograms support observe")
+        self.observations.append(value)
+
+    def value(self) -> float:
+        if self.family.kind == MetricFamily.HISTOGRAM:
+            raise RuntimeError("histograms do not support value")
+        return self._value
+
+
+class MetricFamily:
+    """pb_utils.MetricFamily; `created` keeps every family made, by name, for assertions."""
+
+    COUNTER, GAUGE, HISTOGRAM = 0, 1, 2
+    created: ClassVar[dict[str, list[MetricFamily]]] = {}
+
+    def __init__(self, name: str, description: str, kind: int) -> None:
+        self.name, self.description, self.kind = name, description, kind
+        self.metrics: list[Metric] = []
+        MetricFamily.created.setdefault(name, []).append(self)
+
+    def Metric(self, labels: dict[str, str] | None = None, buckets: Any = None) -> Metric:
+        if not isinstance(labels or {}, dict):
+            raise RuntimeError("Failed to create metric. Labels must be a dictionary.")
+        if (self.kind == MetricFamily.HISTOGRAM) != (buckets is not None):
+            raise RuntimeError("Failed to create metric: buckets are for histograms only.")
+        if buckets is not None and list(buckets) != sorted(set(buckets)):
+            raise RuntimeError("bucket boundaries must increase")
+        metric = Metric(self, dict(labels or {}), buckets)
+        self.metrics.append(metric)
+        return metric
+
+
 # The test installs what a BLS call does: a coroutine taking the InferenceRequest.
 bls_handler: Callable[[InferenceRequest], Awaitable[InferenceResponse]] | None = None
 

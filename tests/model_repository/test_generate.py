@@ -116,3 +116,36 @@ def test_adaptive_goes_to_full_n_on_disagreement(load_model: Any, pb_utils: Modu
     response, calls = run_adaptive(load_model("generate"), pb_utils, answers)
     assert sorted(calls) == list(range(8))
     assert [t.decode() for t in response.output("CANDIDATES").reshape(-1)] == answers
+
+
+def test_batch_fanout_sends_rows_in_chunks(load_model: Any, pb_utils: ModuleType) -> None:
+    calls: list[list[int]] = []
+
+    async def handler(call: Any) -> Any:
+        inputs = {t.name(): t.as_numpy() for t in call.inputs}
+        rows = [int(v) for v in inputs["PIXEL_VALUES"][:, 0, 0, 0]]
+        assert inputs["PROMPT"].shape == (len(rows), 1)
+        assert inputs["MAX_NEW_TOKENS"].tolist() == [[7]] * len(rows)
+        calls.append(rows)
+        texts = np.array([[f"answer {i}".encode()] for i in rows], np.object_)
+        return pb_utils.InferenceResponse([pb_utils.Tensor("TEXT", texts)])
+
+    pb_utils.bls_handler = handler
+    model = load_model("generate").TritonPythonModel()
+    params = DefenseSettings().to_parameters() | {
+        "mllm_model": "mllm",
+        "fanout": "batch",
+        "mllm_max_batch_size": "2",
+    }
+    model.initialize(pb_utils.model_args(params))
+    (response,) = asyncio.run(model.execute([make_request(pb_utils, 5)]))
+    assert sorted(calls) == [[0, 1], [2, 3], [4]]
+    texts = [t.decode() for t in response.output("CANDIDATES").reshape(-1)]
+    assert texts == [f"answer {i}" for i in range(5)]
+
+
+def test_unknown_fanout_is_a_config_error(load_model: Any, pb_utils: ModuleType) -> None:
+    model = load_model("generate").TritonPythonModel()
+    params = DefenseSettings().to_parameters() | {"mllm_model": "mllm", "fanout": "spray"}
+    with pytest.raises(ValueError, match="fanout"):
+        model.initialize(pb_utils.model_args(params))

@@ -10,6 +10,7 @@ from smoothguard.policy import decide
 from smoothguard.settings import DefenseSettings, InvalidRequest, RequestOptions
 from smoothguard.xp import get_xp
 from smoothguard_triton.glue import bytes_tensor, model_parameters, required_input, respond_each
+from smoothguard_triton.metrics import DefenseMetrics
 
 
 class TritonPythonModel:
@@ -17,6 +18,10 @@ class TritonPythonModel:
         params = model_parameters(args)
         self.settings = DefenseSettings.from_parameters(params)
         self.xp = get_xp(params.get("device", "auto"))
+        self.metrics = DefenseMetrics(self.settings.num_samples_max)
+
+    def finalize(self):
+        self.metrics.close()
 
     def execute(self, requests):
         return respond_each(requests, self._handle)
@@ -33,6 +38,9 @@ class TritonPythonModel:
         empty = np.array([not c.strip() for c in candidates])
         selection = select_one(self.xp.asarray(embeddings), empty=empty)
         decision = decide(selection, candidates, options.policy, self.settings)
+        self.metrics.record(
+            decision.decision, selection.original_outvoted, selection.agreement, len(candidates)
+        )
         if self.settings.audit_log:
             self._audit(request, options, selection, decision, len(candidates))
         returned = candidates if options.return_candidates else []

@@ -1,6 +1,11 @@
-"""Triton adapter for step 2 of smoothguard: the noisy copies as separate requests to the
-MLLM (BLS), so its batcher groups them with other users' requests; with adaptive sampling a
-first round of a few copies, and the rest only when they disagree."""
+"""Triton adapter for step 2 of smoothguard: the noisy copies sent to the MLLM by BLS, so its
+batcher groups them with other users' requests; with adaptive sampling a first round of a few
+copies, and the rest only when they disagree.
+
+Fan-out `requests` sends one request per copy (what TensorRT-LLM's in-flight batching needs:
+one prompt table per request). Fan-out `batch` sends the copies as rows of one request (up to
+the MLLM's max_batch_size each): Triton's dynamic batcher on CPU then runs them as one batch
+for certain instead of in the few groups that N separate arrivals fall into."""
 
 import asyncio
 
@@ -23,6 +28,16 @@ class TritonPythonModel:
         params = model_parameters(args)
         self.settings = DefenseSettings.from_parameters(params)
         self.mllm = params["mllm_model"]
+        # Upper bound on one round of MLLM calls, so a stuck or overloaded MLLM fails the
+        # request with a clear UNAVAILABLE instead of holding it (and this instance) forever.
+        timeout = float(params.get("mllm_timeout_s", "0") or 0)
+        self.timeout_s = timeout if timeout > 0 else None
+        self.fanout = params.get("fanout", "requests")
+        if self.fanout not in ("requests", "batch"):
+            raise ValueError(f"generate fanout must be 'requests' or 'batch', not {self.fanout!r}")
+        self.rows_per_call = (
+            int(params.get("mllm_max_batch_size", "1")) if self.fanout == "batch" else 1
+        )
 
     async def execute(self, requests):
         return list(await asyncio.gather(*(self._one(r) for r in requests)))
@@ -47,27 +62,47 @@ class TritonPythonModel:
         return pb_utils.InferenceResponse([bytes_tensor("CANDIDATES", texts, (len(texts), 1))])
 
     async def _round(self, pixel_values, indices, prompt, options):
-        """One MLLM request per copy, all in flight at once; None where a call failed."""
-        max_new_tokens = np.array([[options.max_new_tokens]], dtype=np.int32)
-        calls = [
-            pb_utils.InferenceRequest(
-                model_name=self.mllm,
-                requested_output_names=["TEXT"],
-                inputs=[
-                    pb_utils.Tensor("PIXEL_VALUES", pixel_values[i : i + 1]),
-                    pb_utils.Tensor("PROMPT", prompt),
-                    pb_utils.Tensor("MAX_NEW_TOKENS", max_new_tokens),
-                ],
-            ).async_exec()
-            for i in indices
+        """The copies' MLLM calls, all in flight at once; a _Failed where a call failed."""
+        indices = list(indices)
+        groups = [
+            indices[lo : lo + self.rows_per_call]
+            for lo in range(0, len(indices), self.rows_per_call)
         ]
+        calls = [
+            asyncio.ensure_future(
+                pb_utils.InferenceRequest(
+                    model_name=self.mllm,
+                    requested_output_names=["TEXT"],
+                    inputs=[
+                        pb_utils.Tensor("PIXEL_VALUES", pixel_values[group[0] : group[-1] + 1]),
+                        pb_utils.Tensor("PROMPT", np.repeat(prompt, len(group), axis=0)),
+                        pb_utils.Tensor(
+                            "MAX_NEW_TOKENS",
+                            np.full((len(group), 1), options.max_new_tokens, dtype=np.int32),
+                        ),
+                    ],
+                ).async_exec()
+            )
+            for group in groups
+        ]
+        # asyncio.wait, not wait_for: the BLS futures are left to finish on their own (their
+        # answers are dropped), since cancelling them is not supported by the Python backend.
+        if not calls:
+            return []
+        _, pending = await asyncio.wait(calls, timeout=self.timeout_s)
+        if pending:
+            raise SampleFailure(
+                f"{len(pending)} of {len(calls)} MLLM calls to {self.mllm!r} gave no answer "
+                f"within {self.timeout_s:g} s (generate mllm_timeout_s)",
+                pb_utils.TritonError.UNAVAILABLE,
+            )
         texts = []
-        for index, response in zip(indices, await asyncio.gather(*calls), strict=True):
+        for group, response in zip(groups, [c.result() for c in calls], strict=True):
             if response.has_error():
-                texts.append(_Failed(index, response.error()))
+                texts += [_Failed(index, response.error()) for index in group]
             else:
-                text = pb_utils.get_output_tensor_by_name(response, "TEXT").as_numpy()
-                texts.append(text.reshape(-1)[0].decode("utf-8", errors="replace"))
+                rows = pb_utils.get_output_tensor_by_name(response, "TEXT").as_numpy()
+                texts += [t.decode("utf-8", errors="replace") for t in rows.reshape(-1)]
         return texts
 
     def _apply_failure_mode(self, texts):

@@ -24,7 +24,9 @@ class TritonPythonModel:
         params = model_parameters(args)
         limit_threads(params)
         self.settings = DefenseSettings.from_parameters(params)
-        self.model = VisionLanguageModel.load(params["model_path"], device="cpu")
+        # Profiles say cpu/gpu; torch says cpu/cuda (the gpu profile's HF fallback, gpu_check).
+        device = "cuda" if params.get("device", "cpu") == "gpu" else "cpu"
+        self.model = VisionLanguageModel.load(params["model_path"], device=device)
 
     def execute(self, requests):
         responses = [None] * len(requests)

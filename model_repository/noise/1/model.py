@@ -1,4 +1,9 @@
-"""Triton adapter for step 1 of smoothguard (validate, preprocess, make N noisy inputs)."""
+"""Triton adapter for step 1 of smoothguard (validate, preprocess, make N noisy inputs).
+
+On GPU (device "gpu", or "auto" with CuPy and a device) the copies are drawn by CuPy on the
+device and leave by DLPack, so the N images never pass through host memory; on CPU it is
+NumPy, unchanged.
+"""
 
 import triton_python_backend_utils as pb_utils
 
@@ -6,7 +11,7 @@ from smoothguard.noise import make_rng, noisy_copies
 from smoothguard.preprocess import ImagePreprocessor
 from smoothguard.settings import DefenseSettings, resolve_options
 from smoothguard.validation import decode_prompt, image_from_inputs, single_scalar
-from smoothguard.xp import get_xp, to_numpy
+from smoothguard.xp import get_xp, is_cupy
 from smoothguard_triton.glue import (
     bytes_tensor,
     model_parameters,
@@ -20,7 +25,7 @@ class TritonPythonModel:
     def initialize(self, args):
         params = model_parameters(args)
         self.settings = DefenseSettings.from_parameters(params)
-        self.preprocess = ImagePreprocessor.load(params["mllm_path"])
+        self.preprocess = _load_preprocessor(params)
         self.xp = get_xp(params.get("device", "auto"))
 
     def execute(self, requests):
@@ -63,6 +68,27 @@ class TritonPythonModel:
             rng=make_rng(self.xp, options.seed),
         )
         return [
-            pb_utils.Tensor("PIXEL_VALUES", to_numpy(copies)),
+            _pixel_tensor(copies),
             bytes_tensor("OPTIONS", [options.to_json()]),
         ]
+
+
+def _pixel_tensor(copies):
+    """PIXEL_VALUES without a host copy: DLPack shares the CuPy buffer with Triton."""
+    if is_cupy(copies):
+        return pb_utils.Tensor.from_dlpack("PIXEL_VALUES", copies)
+    return pb_utils.Tensor("PIXEL_VALUES", copies)
+
+
+def _load_preprocessor(params):
+    """The model's own processor; for processors without a fixed resolution (Qwen2.5-VL) a
+    resize to the profile's image_size, where one is configured."""
+    try:
+        return ImagePreprocessor.load(params["mllm_path"])
+    except ValueError:
+        size = int(params.get("image_size", "0") or 0)
+        if size <= 0:
+            raise
+        from smoothguard.trtllm import FixedResolutionPreprocessor
+
+        return FixedResolutionPreprocessor.load(params["mllm_path"], size)

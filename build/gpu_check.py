@@ -1,0 +1,141 @@
+"""On a machine with a GPU: the CuPy steps against their NumPy twins, then the cpu profile's
+default model (models/synthvlm) through the real tritonserver with the defense on the GPU.
+
+    python build/gpu_check.py [--skip-server]
+
+Prints timings; exits 2 at once, saying why, where there is no usable GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT / "python_backends"))
+sys.path.insert(0, str(REPO_ROOT / "build"))
+
+from smoothguard.aggregate import select  # noqa: E402
+from smoothguard.kmeans import kmeans2  # noqa: E402
+from smoothguard.noise import make_rng, noisy_copies  # noqa: E402
+from smoothguard.xp import cuml_available, gpu_available  # noqa: E402
+
+MEAN, STD = (0.481, 0.458, 0.408), (0.269, 0.261, 0.276)
+
+
+def timed(fn: Callable[[], Any], sync: Callable[[], None], repeat: int = 20) -> float:
+    """Median milliseconds of `fn` after one warm-up call."""
+    fn()
+    sync()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append((time.perf_counter() - start) * 1e3)
+    return float(np.median(times))
+
+
+def check_arrays() -> list[str]:
+    import cupy as cp
+
+    sync = cp.cuda.get_current_stream().synchronize
+    failures = []
+    x = np.random.default_rng(0).normal(size=(3, 336, 336)).astype(np.float32)
+    xg = cp.asarray(x)
+    kw = {"num_samples": 10, "sigma": 0.15, "mean": MEAN, "std": STD}
+    gpu = noisy_copies(xg, rng=make_rng(cp, 1), **kw)
+    cpu = noisy_copies(x, rng=make_rng(np, 1), **kw)
+    if not np.array_equal(gpu[0].get(), cpu[0]):
+        failures.append("noise: copy 0 differs between CuPy and NumPy")
+    sd_g, sd_c = float((gpu[1:] - gpu[:1]).std()), float((cpu[1:] - cpu[:1]).std())
+    if abs(sd_g - sd_c) > 0.01:
+        failures.append(f"noise: std {sd_g:.4f} (CuPy) vs {sd_c:.4f} (NumPy)")
+    t_c = timed(lambda: noisy_copies(x, rng=make_rng(np, 1), **kw), lambda: None)
+    t_g = timed(lambda: noisy_copies(xg, rng=make_rng(cp, 1), **kw), sync)
+    print(f"noise N=10 3x336x336: numpy {t_c:.2f} ms  cupy {t_g:.2f} ms")
+
+    rng = np.random.default_rng(2)
+    for b, n, d in ((1, 10, 768), (64, 10, 768), (8, 64, 768), (1, 512, 768)):
+        centers = rng.normal(size=(b, 2, d))
+        emb = (centers[:, rng.integers(0, 2, size=n)] + rng.normal(size=(b, n, d)) * 0.2).astype(
+            np.float32
+        )
+        eg = cp.asarray(emb)
+        if not np.array_equal(kmeans2(eg, backend="xp").labels.get(), kmeans2(emb).labels):
+            failures.append(f"kmeans B={b} N={n}: CuPy labels differ from NumPy")
+        if select(eg) != select(emb):
+            failures.append(f"select B={b} N={n}: CuPy selection differs from NumPy")
+        t_np = timed(lambda e=emb: kmeans2(e), lambda: None)
+        t_cp = timed(lambda e=eg: kmeans2(e, backend="xp"), sync)
+        line = f"kmeans B={b} N={n} D={d}: numpy {t_np:.2f} ms  cupy {t_cp:.2f} ms"
+        if cuml_available() and n > 12:
+            line += f"  cuml {timed(lambda e=eg: kmeans2(e, backend='cuml'), sync, 5):.2f} ms"
+        print(line)
+    if not cuml_available():
+        print("cuml: not installed (kmeans uses CuPy only)")
+    return failures
+
+
+def check_server() -> list[str]:
+    """The cpu profile with device=gpu: noise and aggregate on CuPy in the real server."""
+    import tritonclient.grpc as grpcclient
+
+    from render import render
+    from smoothguard.server import ServerPorts, TritonServer
+
+    work = REPO_ROOT / "var" / "gpu_check"
+    repo = render("cpu", work / "repo", ["device=gpu"])
+    server = TritonServer(repo, ports=ServerPorts(18000, 18001, 18002), work_dir=work / "server")
+    start = time.perf_counter()
+    server.start(timeout_s=600)
+    print(f"tritonserver ready in {time.perf_counter() - start:.1f} s")
+    try:
+        client = grpcclient.InferenceServerClient("127.0.0.1:18001")
+        image = np.random.default_rng(0).integers(0, 256, size=(224, 224, 3), dtype=np.uint8)
+        inputs = [
+            grpcclient.InferInput("IMAGE", list(image.shape), "UINT8"),
+            grpcclient.InferInput("PROMPT", [1], "BYTES"),
+        ]
+        inputs[0].set_data_from_numpy(image)
+        inputs[1].set_data_from_numpy(np.array([b"Is there a cat in the image?"], np.object_))
+        times = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            result = client.infer("smoothguard", inputs)
+            times.append((time.perf_counter() - t0) * 1e3)
+        text = result.as_numpy("TEXT")[0].decode()
+        print(f"smoothguard N=10 end to end: median {np.median(times):.0f} ms; answer {text!r}")
+    finally:
+        server.stop()
+    return []
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--skip-server", action="store_true")
+    args = parser.parse_args(argv)
+    if not gpu_available():
+        print(
+            "gpu_check: error: no usable GPU (CuPy missing or no CUDA device visible); "
+            "this check only runs on a GPU machine",
+            file=sys.stderr,
+        )
+        return 2
+    failures = check_arrays()
+    if not args.skip_server:
+        failures += check_server()
+    for failure in failures:
+        print(f"gpu_check: FAIL {failure}", file=sys.stderr)
+    print("gpu_check: ok" if not failures else f"gpu_check: {len(failures)} failure(s)")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

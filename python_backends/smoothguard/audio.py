@@ -1,0 +1,190 @@
+"""Audio inputs for SmoothGuard: waveform checks, WAV decoding, and Gaussian copies.
+
+Units. A waveform is float32 mono in [-1, 1] (full scale). Unlike pixels, audio has no fixed
+brightness: the same sound can arrive 20 dB quieter. A fixed noise std would drown quiet clips
+and barely touch loud ones, so the default unit is ``"relative"``: the noise std of a clip is
+``sigma * max(RMS(clip), rms_floor)``, i.e. every noisy copy has a signal-to-noise ratio of
+``-20 log10(sigma)`` dB (sigma 0.25 -> 12 dB, 0.5 -> 6 dB, 1.0 -> 0 dB) whatever the level.
+The floor (default 1e-3, -60 dBFS) keeps digital silence from getting no noise at all.
+``unit="absolute"`` states sigma in full-scale amplitude instead.
+
+The noise math is array-module generic (NumPy on CPU, CuPy on GPU, like smoothguard.noise),
+so the served noise step can call `noisy_copies` on a device array unchanged.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import wave
+from typing import Any, Literal
+
+import numpy as np
+
+from smoothguard.settings import InvalidRequest
+from smoothguard.xp import array_module
+
+AudioNoiseUnit = Literal["relative", "absolute"]
+AUDIO_NOISE_UNITS: tuple[str, ...] = ("relative", "absolute")
+DEFAULT_SAMPLE_RATE = 16_000
+DEFAULT_MAX_SECONDS = 30.0
+DEFAULT_RMS_FLOOR = 1e-3
+# Default sigma for audio, relative to the clip's RMS: 12 dB SNR per noisy copy (see README of
+# models/synthalm for the accuracy it costs and evaluation/audio.py for what it buys).
+DEFAULT_AUDIO_SIGMA = 0.25
+
+
+def check_waveform(
+    waveform: Any,
+    *,
+    sample_rate: int,
+    expected_rate: int = DEFAULT_SAMPLE_RATE,
+    max_seconds: float = DEFAULT_MAX_SECONDS,
+    name: str = "AUDIO",
+) -> np.ndarray:
+    """Accept float32 mono [T] (or [1, T]) at the model's rate, finite, within the length limit.
+
+    Resampling is the client's job: silently resampling would change what the model hears,
+    and the error message tells the caller exactly what to send.
+    """
+    array = np.asarray(waveform)
+    if array.dtype != np.float32:
+        raise InvalidRequest(f"{name} must be float32, got {array.dtype}")
+    if array.ndim == 2 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim != 1:
+        raise InvalidRequest(f"{name} must be mono with shape [T], got {list(array.shape)}")
+    if int(sample_rate) != int(expected_rate):
+        raise InvalidRequest(f"{name} sample rate must be {expected_rate} Hz, got {sample_rate}")
+    if array.shape[0] == 0:
+        raise InvalidRequest(f"{name} is empty")
+    limit = int(max_seconds * expected_rate)
+    if array.shape[0] > limit:
+        raise InvalidRequest(
+            f"{name} has {array.shape[0]} samples ({array.shape[0] / expected_rate:.2f} s), "
+            f"over the limit of {limit} ({max_seconds} s)"
+        )
+    if not np.isfinite(array).all():
+        raise InvalidRequest(f"{name} contains NaN or infinite values")
+    return array
+
+
+def read_wav(
+    source: bytes | str | os.PathLike[str], *, max_bytes: int = 16 * 1024 * 1024
+) -> tuple[np.ndarray, int]:
+    """PCM WAV (8/16/24/32-bit integer, any channel count) -> (float32 mono [T], rate).
+
+    Standard library only (`wave`), so the CPU profile needs no audio package; channels are
+    averaged to mono. Compressed or float WAVs are rejected with a clear message.
+    """
+    if isinstance(source, bytes | bytearray):
+        data = bytes(source)
+    else:
+        with open(source, "rb") as handle:
+            data = handle.read(max_bytes + 1)
+    if len(data) == 0:
+        raise InvalidRequest("AUDIO_BYTES is empty")
+    if len(data) > max_bytes:
+        raise InvalidRequest(f"AUDIO_BYTES is over the limit of {max_bytes} bytes")
+    try:
+        with wave.open(io.BytesIO(data), "rb") as reader:
+            channels, width = reader.getnchannels(), reader.getsampwidth()
+            rate, frames = reader.getframerate(), reader.getnframes()
+            raw = reader.readframes(frames)
+    except (wave.Error, EOFError) as exc:
+        raise InvalidRequest(f"AUDIO_BYTES could not be decoded as PCM WAV: {exc}") from exc
+    if width == 1:  # 8-bit WAV is unsigned
+        samples = (np.frombuffer(raw, np.uint8).astype(np.float32) - 128.0) / 128.0
+    elif width == 2:
+        samples = np.frombuffer(raw, "<i2").astype(np.float32) / 32768.0
+    elif width == 3:
+        b = np.frombuffer(raw, np.uint8).reshape(-1, 3).astype(np.int32)
+        value = b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16)
+        value = np.where(value >= 1 << 23, value - (1 << 24), value)
+        samples = value.astype(np.float32) / float(1 << 23)
+    elif width == 4:
+        samples = (np.frombuffer(raw, "<i4").astype(np.float64) / 2.0**31).astype(np.float32)
+    else:
+        raise InvalidRequest(f"AUDIO_BYTES has an unsupported sample width of {width} bytes")
+    usable = (samples.shape[0] // channels) * channels
+    mono = samples[:usable].reshape(-1, channels).mean(axis=1, dtype=np.float32)
+    return np.ascontiguousarray(mono, dtype=np.float32), int(rate)
+
+
+def write_wav(waveform: np.ndarray, sample_rate: int = DEFAULT_SAMPLE_RATE) -> bytes:
+    """float32 mono in [-1, 1] -> 16-bit PCM WAV bytes (for clients, fixtures and reports)."""
+    pcm = (np.clip(np.asarray(waveform, np.float32), -1, 1) * 32767).round().astype("<i2")
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as writer:
+        writer.setnchannels(1)
+        writer.setsampwidth(2)
+        writer.setframerate(int(sample_rate))
+        writer.writeframes(pcm.tobytes())
+    return buffer.getvalue()
+
+
+def rms(waveform: Any) -> Any:
+    """Root mean square over the last axis (time), keeping it for broadcasting."""
+    xp = array_module(waveform)
+    x = xp.asarray(waveform, dtype=xp.float32)
+    return xp.sqrt(xp.mean(x * x, axis=-1, keepdims=True))
+
+
+def noise_std(
+    waveform: Any,
+    sigma: float,
+    unit: AudioNoiseUnit = "relative",
+    rms_floor: float = DEFAULT_RMS_FLOOR,
+) -> Any:
+    """The per-clip noise std ``[..., 1]`` that `noisy_copies` adds (see the module doc)."""
+    _check(sigma, unit)
+    xp = array_module(waveform)
+    if unit == "absolute":
+        return xp.full((*waveform.shape[:-1], 1), float(sigma), dtype=xp.float32)
+    return float(sigma) * xp.maximum(rms(waveform), xp.float32(rms_floor))
+
+
+def noisy_copies(
+    waveform: Any,
+    *,
+    num_samples: int,
+    sigma: float,
+    rng: Any,
+    unit: AudioNoiseUnit = "relative",
+    clip: bool = True,
+    rms_floor: float = DEFAULT_RMS_FLOOR,
+) -> Any:
+    """``[..., T]`` -> ``[..., N, T]`` float32; copy 0 is the input, untouched.
+
+    Copy 0 stays exact for the same reason as in smoothguard.noise: the policy compares the
+    unperturbed answer with the noisy consensus. `clip` keeps copies inside [-1, 1] full scale.
+    `rng` is a Generator from smoothguard.noise.make_rng (seeded or OS entropy).
+    """
+    xp = array_module(waveform)
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    _check(sigma, unit)
+    if waveform.ndim < 1 or waveform.shape[-1] < 1:
+        raise ValueError(f"waveform must be [..., T] with T >= 1, got shape {waveform.shape}")
+    x = xp.asarray(waveform, dtype=xp.float32)
+    out = xp.empty((*x.shape[:-1], num_samples, x.shape[-1]), dtype=xp.float32)
+    out[..., 0, :] = x
+    if num_samples == 1:
+        return out
+    scale = noise_std(x, sigma, unit, rms_floor)[..., None, :]  # [..., 1, 1]
+    noise_shape = (*x.shape[:-1], num_samples - 1, x.shape[-1])
+    noise = xp.asarray(rng.standard_normal(noise_shape, dtype=np.float32))
+    noisy = out[..., 1:, :]
+    xp.multiply(noise, scale, out=noisy)
+    noisy += x[..., None, :]
+    if clip:
+        xp.clip(noisy, -1.0, 1.0, out=noisy)
+    return out
+
+
+def _check(sigma: float, unit: str) -> None:
+    if not math.isfinite(sigma) or sigma < 0:
+        raise ValueError(f"sigma must be a finite non-negative number, got {sigma}")
+    if unit not in AUDIO_NOISE_UNITS:
+        raise ValueError(f"unit must be one of {AUDIO_NOISE_UNITS}, got {unit!r}")
