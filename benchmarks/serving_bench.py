@@ -30,13 +30,9 @@ from render import render  # noqa: E402
 from smoothguard.server import (  # noqa: E402
     ServerPorts,
     TritonServer,
+    perf_analyzer_binary,
     perf_analyzer_environment,
 )
-
-# The tritonclient wheel installs perf_analyzer next to this interpreter; use it even when the
-# venv is not activated.
-_VENV_PERF = Path(sys.executable).parent / "perf_analyzer"
-PERF_ANALYZER = str(_VENV_PERF) if _VENV_PERF.exists() else "perf_analyzer"
 
 
 def free_port() -> int:
@@ -82,7 +78,7 @@ def run_perf_analyzer(
 ) -> dict[str, float]:
     csv_path = out_dir / f"perf_{model}_c{concurrency}.csv"
     command = [
-        PERF_ANALYZER,
+        perf_analyzer_binary(),
         "-m",
         model,
         "-i",

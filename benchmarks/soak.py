@@ -39,14 +39,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serving_bench import free_port, perf_input_file, workload  # noqa: E402
 
 from render import render  # noqa: E402
-from smoothguard.server import ServerPorts, TritonServer, perf_analyzer_environment  # noqa: E402
+from smoothguard.server import (  # noqa: E402
+    ServerPorts,
+    TritonServer,
+    perf_analyzer_binary,
+    perf_analyzer_environment,
+)
 
 NUM_SAMPLES = (2, 4, 6, 10)
 SIGMAS = (0.05, 0.1, 0.15, 0.2)
 MODEL = "smoothguard"
-# The tritonclient wheel installs perf_analyzer next to this interpreter; PATH may lack it.
-_VENV_PERF = Path(sys.executable).parent / "perf_analyzer"
-PERF_ANALYZER = str(_VENV_PERF) if _VENV_PERF.exists() else "perf_analyzer"
 
 
 def mixed_input_file(path: Path, items: int, max_new_tokens: int) -> Path:
@@ -89,7 +91,7 @@ def perf_analyzer(url: str, data: Path, concurrency: int, out: Path, **mode: Any
     name = "warmup" if "request_count" in mode else "soak"
     csv_path, export = out / f"perf_{name}.csv", out / f"perf_{name}_export.json"
     command = [
-        PERF_ANALYZER, "-m", MODEL, "-i", "grpc", "-u", url, "--input-data", str(data),
+        perf_analyzer_binary(), "-m", MODEL, "-i", "grpc", "-u", url, "--input-data", str(data),
         "--concurrency-range", str(concurrency), "-f", str(csv_path), "--percentile", "50",
         "--profile-export-file", str(export),
     ]  # fmt: skip

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "python_backends"))
 sys.path.insert(0, str(REPO_ROOT / "build"))
 
-from train_vlm import write_checksums  # noqa: E402
+from train_vlm import ship  # noqa: E402
 
 from smoothguard.synthalm.evaluate import evaluate, write  # noqa: E402
 from smoothguard.synthalm.train import TrainConfig, train  # noqa: E402
@@ -64,17 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         noise_share=args.noise_share,
         noise_max=args.noise_max,
     )
-    record = train(args.out, config)
-    record["config"] = dataclasses.asdict(config)
-    write_checksums(args.out)
-    if not args.no_eval:
-        result = evaluate(args.out)
-        write(result, args.out)
-        record["eval_seconds"] = result["seconds"]
-        print((args.out / "evaluation.md").read_text())
-    record["total_seconds"] = round(time.perf_counter() - started, 1)
-    (args.out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
-    print(json.dumps(record, indent=2))
+    ship(args.out, config, train, None if args.no_eval else evaluate, write, started)
     return 0
 
 

@@ -17,7 +17,9 @@ import hashlib
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "python_backends"))
@@ -42,6 +44,28 @@ def write_checksums(folder: Path) -> Path:
     target = folder / CHECKSUMS
     target.write_text("\n".join(lines) + "\n")
     return target
+
+
+def ship(
+    out: Path,
+    config: Any,
+    train: Callable[[Path, Any], dict[str, Any]],
+    evaluate: Callable[[Path], dict[str, Any]] | None,
+    write: Callable[[dict[str, Any], Path], None],
+    started: float,
+) -> None:
+    """Train into `out`, checksum it, evaluate it and keep the record: every shipped model."""
+    record = train(out, config)
+    record["config"] = dataclasses.asdict(config)
+    write_checksums(out)
+    if evaluate is not None:
+        result = evaluate(out)
+        write(result, out)
+        record["eval_seconds"] = result["seconds"]
+        print((out / "evaluation.md").read_text())
+    record["total_seconds"] = round(time.perf_counter() - started, 1)
+    (out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
+    print(json.dumps(record, indent=2))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,17 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         noise_share=args.noise_share,
         noise_max=args.noise_max,
     )
-    record = train(args.out, config)
-    record["config"] = dataclasses.asdict(config)
-    write_checksums(args.out)
-    if not args.no_eval:
-        result = evaluate(args.out)
-        write(result, args.out)
-        record["eval_seconds"] = result["seconds"]
-        print((args.out / "evaluation.md").read_text())
-    record["total_seconds"] = round(time.perf_counter() - started, 1)
-    (args.out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
-    print(json.dumps(record, indent=2))
+    ship(args.out, config, train, None if args.no_eval else evaluate, write, started)
     return 0
 
 

@@ -41,6 +41,8 @@ class SentenceEncoder:
         import torch
         from transformers import AutoModel, AutoTokenizer
 
+        if cache_size < 0:
+            raise ValueError(f"cache_size must be >= 0 (0 turns the cache off), not {cache_size}")
         path = resolve_model_path(str(model_path))
         self.tokenizer = AutoTokenizer.from_pretrained(str(path))
         self.model = AutoModel.from_pretrained(str(path)).eval()

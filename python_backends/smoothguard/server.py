@@ -60,6 +60,13 @@ def backend_directory(cache_dir: Path) -> Path:
     return target
 
 
+def perf_analyzer_binary() -> str:
+    """The tritonclient wheel installs perf_analyzer next to this interpreter; PATH may lack it
+    when the venv is not activated."""
+    local = Path(sys.executable).parent / "perf_analyzer"
+    return str(local) if local.exists() else "perf_analyzer"
+
+
 def perf_analyzer_environment() -> dict[str, str]:
     """perf_analyzer (from the tritonclient wheel) links libcudart even on CPU; PyPI's
     nvidia-cuda-runtime-cu12 ships it."""

@@ -30,3 +30,8 @@ def test_cache_and_dedupe_agree_with_plain_batched_encoding(encoder: SentenceEnc
     np.testing.assert_allclose(encoder.encode(texts[::-1]), expected[::-1], atol=1e-5)
     assert len(encoder._cache) <= 3
     assert len(uncached._cache) == 0 and uncached.encode([]).shape == (0, uncached.dimension)
+
+
+def test_negative_cache_size_is_refused() -> None:
+    with pytest.raises(ValueError, match="cache_size"):
+        SentenceEncoder(MODEL, cache_size=-1)

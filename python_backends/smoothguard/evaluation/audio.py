@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from smoothguard.attacks import AttackSpec
-from smoothguard.evaluation.answerers import Answer, Answerer
+from smoothguard.evaluation.answerers import Answer, Answerer, InProcessAnswerer
 from smoothguard.evaluation.run import (
     REPO_ROOT,
     AttackRun,
@@ -37,7 +37,7 @@ from smoothguard.evaluation.run import (
     compute_attack,
 )
 from smoothguard.pipeline import SmoothGuard
-from smoothguard.settings import DefenseSettings, RequestOptions, resolve_options
+from smoothguard.settings import DefenseSettings, RequestOptions
 
 METRICS: tuple[str, ...] = (
     "pope_accuracy",
@@ -94,8 +94,9 @@ class AudioSmoothGuard(SmoothGuard):
         )
 
 
-class InProcessAudioAnswerer:
-    """The local audio model and sentence encoder behind the shared pipeline."""
+class InProcessAudioAnswerer(InProcessAnswerer):
+    """The local audio model and sentence encoder behind the shared pipeline: the image
+    answerer's batching and seeding, with the waveform noise step."""
 
     def __init__(
         self,
@@ -113,43 +114,6 @@ class InProcessAudioAnswerer:
             settings=settings,
             noise_unit=model.noise_unit,
         )
-
-    def undefended(self, images: np.ndarray, prompts: Sequence[str]) -> list[Answer]:
-        answers: list[Answer] = []
-        for lo in range(0, len(images), self.batch_size):
-            hi = lo + self.batch_size
-            texts = self.model.generate(
-                self.model.preprocess(list(images[lo:hi])),
-                list(prompts[lo:hi]),
-                max_new_tokens=self.max_new_tokens,
-            )
-            answers += [Answer(t, 1) for t in texts]
-        return answers
-
-    def defended(
-        self,
-        images: np.ndarray,
-        prompts: Sequence[str],
-        *,
-        sigma: float,
-        num_samples: int,
-        seeds: Sequence[int],
-        adaptive: bool = False,
-    ) -> list[Answer]:
-        waves = self.model.preprocess(list(images)).numpy()
-        answers = []
-        for wave, prompt, seed in zip(waves, prompts, seeds, strict=True):
-            options = resolve_options(
-                self.settings,
-                sigma=sigma,
-                num_samples=num_samples,
-                seed=seed,
-                max_new_tokens=self.max_new_tokens,
-                adaptive=adaptive,
-            )
-            out = self.guard.defend(wave, prompt, options)
-            answers.append(Answer(out.text, out.num_samples, out.original_outvoted, out.agreement))
-        return answers
 
 
 class AudioScorer:
