@@ -155,6 +155,8 @@ def substitutions(profile: dict[str, Any]) -> dict[str, str]:
         "generate_fanout": steps.get("generate_fanout", "requests"),
         "aggregate_instances": steps["aggregate_instances"],
     }
+    if "audio" in profile:
+        values["audio_mllm_path"] = _resolve_path(profile["audio"]["model_path"])
     if values["generate_fanout"] not in ("requests", "batch"):
         raise RenderError("steps.generate_fanout must be 'requests' or 'batch'")
     if int(embedder["max_batch_size"]) < defense.num_samples_max:

@@ -1,13 +1,21 @@
-"""Render a profile and run tritonserver in the foreground (signals go straight to it).
+"""Render a profile and run tritonserver in the foreground, with the stub watchdog.
 
 python build/serve.py --profile cpu [--grpc-port 8001 --http-port 8000 --metrics-port 8002]
+
+By default this process supervises tritonserver: it forwards SIGTERM/SIGINT (Triton then
+drains in-flight requests), exits with the server's status, and runs smoothguard.watchdog,
+which reloads a model whose Python stub died (Triton 2.51 never restarts one itself). With a
+restricted model-repository API the watchdog sends `smoothguard-admin-key: $ADMIN_KEY`.
+`--no-watchdog` execs tritonserver instead (no supervisor process, no reloads).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -34,6 +42,12 @@ def main(argv: list[str] | None = None) -> int:
         metavar="SECTION.KEY=VALUE",
         help="override one profile setting",
     )
+    parser.add_argument(
+        "--no-watchdog",
+        dest="watchdog",
+        action="store_false",
+        help="exec tritonserver directly, without the stub watchdog",
+    )
     parser.add_argument("server_args", nargs="*", help="extra tritonserver flags (after --)")
     args = parser.parse_args(argv)
     try:
@@ -42,11 +56,48 @@ def main(argv: list[str] | None = None) -> int:
         print(f"serve: error: {exc}", file=sys.stderr)
         return 2
     ports = ServerPorts(http=args.http_port, grpc=args.grpc_port, metrics=args.metrics_port)
-    server = TritonServer(repo, ports=ports, extra_args=args.server_args)
-    command = server.command()
+    key = os.environ.get("ADMIN_KEY")
+    server = TritonServer(
+        repo,
+        ports=ports,
+        extra_args=args.server_args,
+        watchdog=args.watchdog,
+        admin_headers={"smoothguard-admin-key": key} if key else None,
+        log_to_console=True,
+    )
+    try:
+        command = server.command()
+    except ValueError as exc:
+        print(f"serve: error: {exc}", file=sys.stderr)
+        return 2
     print(f"serve: gRPC :{ports.grpc}  HTTP :{ports.http}  metrics :{ports.metrics}", flush=True)
-    os.execve(command[0], command, server_environment())
-    return 0  # not reached
+    if not args.watchdog:
+        os.execve(command[0], command, server_environment())
+    return supervise(server)
+
+
+def supervise(server: TritonServer) -> int:
+    """Run the server as a child with the watchdog; a signal stops both, draining first."""
+    stopping = threading.Event()
+
+    def forward(signum: int, _frame: object) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    try:
+        server.start(timeout_s=float(os.environ.get("SMOOTHGUARD_START_TIMEOUT_S", 1800)))
+    except (RuntimeError, TimeoutError) as exc:
+        print(f"serve: error: {exc}", file=sys.stderr)
+        return 1
+    print("serve: ready; stub watchdog on", flush=True)
+    assert server.process is not None
+    while not stopping.wait(1.0):
+        if server.process.poll() is not None:
+            print(f"serve: tritonserver exited with {server.process.returncode}", flush=True)
+            return server.process.returncode or 1
+    code = server.stop(timeout_s=server.exit_timeout_s + 10)
+    return 0 if code is None else code
 
 
 if __name__ == "__main__":

@@ -49,6 +49,12 @@ def main(argv: list[str] | None = None) -> int:
         help="share of each batch trained on noisy clips (0 turns augmentation off)",
     )
     parser.add_argument("--noise-max", type=float, default=defaults.noise_max)
+    parser.add_argument(
+        "--near-miss-pairs",
+        type=int,
+        default=defaults.near_miss_pairs,
+        help="extra yes/no pairs per clip with a near-miss negative",
+    )
     parser.add_argument("--no-eval", action="store_true")
     args = parser.parse_args(argv)
     started = time.perf_counter()
@@ -62,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         threads=args.threads,
         noise_share=args.noise_share,
         noise_max=args.noise_max,
+        near_miss_pairs=args.near_miss_pairs,
     )
     ship(args.out, config, train, None if args.no_eval else evaluate, write, started)
     return 0

@@ -115,9 +115,17 @@ DEFENSE_OPTIONS = ("sigma", "num_samples", "seed", "policy", "candidates", "adap
 
 
 def _configure_ask(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--image", required=True, metavar="PATH", help="image file")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--image", metavar="PATH", help="image file (PNG, JPEG, ...)")
+    source.add_argument(
+        "--audio", metavar="PATH", help="PCM WAV file, at the audio model's rate (16 kHz)"
+    )
     parser.add_argument("--prompt", required=True, metavar="TEXT", help="question about it")
-    parser.add_argument("--sigma", type=float, help="noise level (default: server's)")
+    parser.add_argument(
+        "--sigma",
+        type=float,
+        help="noise level (default: server's; for audio, relative to the clip's RMS)",
+    )
     parser.add_argument(
         "--num-samples", "-n", type=int, metavar="N", help="noisy samples (default: server's)"
     )
@@ -135,9 +143,13 @@ def _configure_ask(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--undefended",
         action="store_true",
-        help="ask the bare model (mllm) instead, for comparison",
+        help="ask the bare model (mllm, or mllm_audio) instead, for comparison",
     )
-    parser.add_argument("--model", default="smoothguard", help="defended model name")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="defended model name (default: smoothguard, or smoothguard_audio with --audio)",
+    )
     add_connection_arguments(parser, timeout_s=120.0)
 
 
@@ -156,7 +168,7 @@ def render_answer(answer: DefendedAnswer, console: Console, *, candidates: bool 
     table.add_row("cluster sizes", f"{majority} / {minority}  (majority / minority)")
     table.add_row("chosen index", str(answer.chosen_index))
     table.add_row(
-        "original outvoted", _yes_no(answer.original_outvoted, alarm="likely adversarial image")
+        "original outvoted", _yes_no(answer.original_outvoted, alarm="likely adversarial input")
     )
     if answer.original_text != answer.text:
         table.add_row("original answer", Text(answer.original_text))
@@ -179,25 +191,28 @@ def render_answer(answer: DefendedAnswer, console: Console, *, candidates: bool 
         console.print(rows)
 
 
-@subcommand("ask", "ask the defended model a question about an image", _configure_ask)
+@subcommand("ask", "ask the defended model a question about an image or a WAV file", _configure_ask)
 def run_ask(args: argparse.Namespace, console: Console) -> int:
     if args.undefended:
         used = [f"--{o.replace('_', '-')}" for o in DEFENSE_OPTIONS if getattr(args, o)]
         if used:
             args.parser.error(f"{', '.join(used)} only apply to the defended model")
         return _run_undefended(args, console)
-    with client_from_args(args, model=args.model) as client:
-        answer = client.ask(
-            args.image,
-            args.prompt,
-            sigma=args.sigma,
-            num_samples=args.num_samples,
-            seed=args.seed,
-            max_new_tokens=args.max_new_tokens,
-            policy=args.policy,
-            return_candidates=args.candidates,
-            adaptive=args.adaptive,
-        )
+    options = {
+        "sigma": args.sigma,
+        "num_samples": args.num_samples,
+        "seed": args.seed,
+        "max_new_tokens": args.max_new_tokens,
+        "policy": args.policy,
+        "return_candidates": args.candidates,
+        "adaptive": args.adaptive,
+    }
+    endpoint = {} if args.model is None else {"audio_model" if args.audio else "model": args.model}
+    with client_from_args(args, **endpoint) as client:
+        if args.audio is not None:
+            answer = client.ask_audio(args.audio, args.prompt, **options)
+        else:
+            answer = client.ask(args.image, args.prompt, **options)
     if args.json:
         print_json(answer.to_dict())
     else:
@@ -208,9 +223,17 @@ def run_ask(args: argparse.Namespace, console: Console) -> int:
 def _run_undefended(args: argparse.Namespace, console: Console) -> int:
     with client_from_args(args) as client:
         started = time.perf_counter()
-        text = client.ask_undefended(args.image, args.prompt, max_new_tokens=args.max_new_tokens)
+        if args.audio is not None:
+            model = client.undefended_audio_model
+            text = client.ask_undefended_audio(
+                args.audio, args.prompt, max_new_tokens=args.max_new_tokens
+            )
+        else:
+            model = client.undefended_model
+            text = client.ask_undefended(
+                args.image, args.prompt, max_new_tokens=args.max_new_tokens
+            )
         latency = time.perf_counter() - started
-        model = client.undefended_model
     if args.json:
         print_json({"text": text, "model": model, "latency_s": latency})
     else:

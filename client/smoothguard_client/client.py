@@ -21,11 +21,13 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
 from tritonclient.utils import InferenceServerException
 
+from smoothguard_client.audio import AudioLike, load_audio
 from smoothguard_client.images import ImageLike, load_image
 from smoothguard_client.result import DefendedAnswer, SmoothGuardError
 
 DEFAULT_URL = "localhost:8001"
 DEFAULT_MODEL = "smoothguard"
+DEFAULT_AUDIO_MODEL = "smoothguard_audio"
 POLICIES = ("answer", "monitor", "abstain", "refuse")
 # The steps of the ensemble; health() reports each so a broken step is named, not guessed.
 PIPELINE_MODELS = ("noise", "generate", "aggregate")
@@ -76,8 +78,7 @@ def _float_array(name: str, value: object, shape: Sequence[int]) -> np.ndarray:
     return np.full(shape, float(value), dtype=np.float32)
 
 
-def build_ask_inputs(
-    image: ImageLike,
+def build_option_inputs(
     prompt: str,
     *,
     sigma: float | None = None,
@@ -88,14 +89,9 @@ def build_ask_inputs(
     return_candidates: bool = False,
     adaptive: bool | None = None,
 ) -> list[InferInput]:
-    """Inputs for the smoothguard ensemble; unset options are left out so the server decides."""
-    payload = load_image(image)
-    if payload.encoded is not None:
-        inputs = [_bytes_input("IMAGE_BYTES", [payload.encoded], [1])]
-    else:
-        assert payload.array is not None
-        inputs = [_array_input("IMAGE", payload.array, "UINT8")]
-    inputs.append(_bytes_input("PROMPT", [_check_text("prompt", prompt)], [1]))
+    """PROMPT and the defense options both endpoints take; unset ones are left out so the
+    server decides."""
+    inputs = [_bytes_input("PROMPT", [_check_text("prompt", prompt)], [1])]
     if sigma is not None:
         inputs.append(_array_input("SIGMA", _float_array("sigma", sigma, [1]), "FP32"))
     if num_samples is not None:
@@ -117,19 +113,58 @@ def build_ask_inputs(
     return inputs
 
 
+def build_ask_inputs(image: ImageLike, prompt: str, **options: Any) -> list[InferInput]:
+    """Inputs for the smoothguard ensemble (options: see build_option_inputs)."""
+    payload = load_image(image)
+    if payload.encoded is not None:
+        inputs = [_bytes_input("IMAGE_BYTES", [payload.encoded], [1])]
+    else:
+        assert payload.array is not None
+        inputs = [_array_input("IMAGE", payload.array, "UINT8")]
+    return inputs + build_option_inputs(prompt, **options)
+
+
+def _audio_inputs(audio: AudioLike, sample_rate: int | None, batch: bool) -> list[InferInput]:
+    """AUDIO_BYTES, or AUDIO (+ SAMPLE_RATE); `batch` adds the leading batch dimension of one
+    that the bare mllm_audio (a batching model) wants."""
+    payload = load_audio(audio, sample_rate)
+    lead = [1] if batch else []
+    if payload.encoded is not None:
+        return [_bytes_input("AUDIO_BYTES", [payload.encoded], [*lead, 1])]
+    assert payload.array is not None
+    samples = payload.array[np.newaxis] if batch else payload.array
+    inputs = [_array_input("AUDIO", samples, "FP32")]
+    if payload.sample_rate is not None:
+        rate = _int_array("sample_rate", payload.sample_rate, np.int32, [*lead, 1])
+        inputs.append(_array_input("SAMPLE_RATE", rate, "INT32"))
+    return inputs
+
+
+def build_ask_audio_inputs(
+    audio: AudioLike, prompt: str, *, sample_rate: int | None = None, **options: Any
+) -> list[InferInput]:
+    """Inputs for the smoothguard_audio ensemble: a WAV file (path or bytes) or float32 samples
+    with their sample_rate (options: see build_option_inputs)."""
+    return _audio_inputs(audio, sample_rate, batch=False) + build_option_inputs(prompt, **options)
+
+
+def _undefended_text_inputs(prompt: str, max_new_tokens: int | None) -> list[InferInput]:
+    inputs = [_bytes_input("PROMPT", [_check_text("prompt", prompt)], [1, 1])]
+    if max_new_tokens is not None:
+        array = _int_array("max_new_tokens", max_new_tokens, np.int32, [1, 1])
+        inputs.append(_array_input("MAX_NEW_TOKENS", array, "INT32"))
+    return inputs
+
+
 def build_undefended_inputs(
     image: ImageLike, prompt: str, *, max_new_tokens: int | None = None
 ) -> list[InferInput]:
     """Inputs for the bare mllm (batch of one); it takes raw pixels only, so decode here."""
     array = load_image(image).to_array()
-    inputs = [
+    return [
         _array_input("IMAGE", array[np.newaxis], "UINT8"),
-        _bytes_input("PROMPT", [_check_text("prompt", prompt)], [1, 1]),
+        *_undefended_text_inputs(prompt, max_new_tokens),
     ]
-    if max_new_tokens is not None:
-        array = _int_array("max_new_tokens", max_new_tokens, np.int32, [1, 1])
-        inputs.append(_array_input("MAX_NEW_TOKENS", array, "INT32"))
-    return inputs
 
 
 def build_embed_inputs(texts: Sequence[str]) -> list[InferInput]:
@@ -243,6 +278,8 @@ class _ClientBase:
         *,
         model: str = DEFAULT_MODEL,
         undefended_model: str = "mllm",
+        audio_model: str = DEFAULT_AUDIO_MODEL,
+        undefended_audio_model: str = "mllm_audio",
         embedder_model: str = "embedder",
         timeout_s: float | None = 60.0,
         retries: int = 2,
@@ -261,6 +298,8 @@ class _ClientBase:
         self.url, ssl = _normalize_url(url, ssl)
         self.model = model
         self.undefended_model = undefended_model
+        self.audio_model = audio_model
+        self.undefended_audio_model = undefended_audio_model
         self.embedder_model = embedder_model
         self.timeout_s = timeout_s
         # `retry` (full control: status codes, jitter, inference) wins over the three shorthands.
@@ -291,36 +330,67 @@ class _ClientBase:
         return {"client_timeout": self.timeout_s, "headers": self.headers}
 
     def _ask_call(
-        self,
-        image: ImageLike,
-        prompt: str,
-        *,
-        request_id: str | None = None,
-        **options: Any,
+        self, model: str, build: Callable[[], list[InferInput]], request_id: str | None
     ) -> _Call:
         started = time.perf_counter()
-        inputs = build_ask_inputs(image, prompt, **options)
+        inputs = build()
 
         def decode(result: Any) -> DefendedAnswer:
             latency = time.perf_counter() - started
-            return DefendedAnswer.from_infer_result(result, latency, model=self.model)
+            return DefendedAnswer.from_infer_result(result, latency, model=model)
 
-        kwargs = {"model_name": self.model, "inputs": inputs, "request_id": request_id or ""}
+        kwargs = {"model_name": model, "inputs": inputs, "request_id": request_id or ""}
         return _Call("infer", {**kwargs, **self._common()}, decode, idempotent=False)
+
+    def _image_call(
+        self, image: ImageLike, prompt: str, *, request_id: str | None = None, **options: Any
+    ) -> _Call:
+        return self._ask_call(
+            self.model, lambda: build_ask_inputs(image, prompt, **options), request_id
+        )
+
+    def _audio_call(
+        self,
+        audio: AudioLike,
+        prompt: str,
+        *,
+        sample_rate: int | None = None,
+        request_id: str | None = None,
+        **options: Any,
+    ) -> _Call:
+        return self._ask_call(
+            self.audio_model,
+            lambda: build_ask_audio_inputs(audio, prompt, sample_rate=sample_rate, **options),
+            request_id,
+        )
 
     def _undefended_call(
         self, image: ImageLike, prompt: str, *, max_new_tokens: int | None = None
     ) -> _Call:
         inputs = build_undefended_inputs(image, prompt, max_new_tokens=max_new_tokens)
+        return self._text_call(self.undefended_model, inputs)
 
+    def _undefended_audio_call(
+        self,
+        audio: AudioLike,
+        prompt: str,
+        *,
+        sample_rate: int | None = None,
+        max_new_tokens: int | None = None,
+    ) -> _Call:
+        inputs = _audio_inputs(audio, sample_rate, batch=True)
+        inputs += _undefended_text_inputs(prompt, max_new_tokens)
+        return self._text_call(self.undefended_audio_model, inputs)
+
+    def _text_call(self, model: str, inputs: list[InferInput]) -> _Call:
         def decode(result: Any) -> str:
             text = result.as_numpy("TEXT")
             if text is None or text.size != 1:
-                raise SmoothGuardError("INVALID_RESPONSE", "mllm answered without one TEXT")
+                raise SmoothGuardError("INVALID_RESPONSE", f"{model} answered without one TEXT")
             value = text.reshape(-1)[0]
             return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value
 
-        kwargs = {"model_name": self.undefended_model, "inputs": inputs}
+        kwargs = {"model_name": model, "inputs": inputs}
         return _Call("infer", {**kwargs, **self._common()}, decode, idempotent=False)
 
     def _embed_call(self, texts: Sequence[str]) -> _Call:
@@ -433,7 +503,7 @@ class SmoothGuardClient(_ClientBase):
     ) -> DefendedAnswer:
         """Ask the defended model; latency_s covers the whole call, retries included."""
         return self._run(
-            self._ask_call(
+            self._image_call(
                 image,
                 prompt,
                 sigma=sigma,
@@ -447,11 +517,42 @@ class SmoothGuardClient(_ClientBase):
             )
         )
 
+    def ask_audio(
+        self,
+        audio: AudioLike,
+        prompt: str,
+        *,
+        sample_rate: int | None = None,
+        request_id: str | None = None,
+        **options: Any,
+    ) -> DefendedAnswer:
+        """Ask the defended audio endpoint about a WAV file or float32 samples (with their
+        sample_rate); options as for ask() (sigma is relative to the clip's RMS there)."""
+        return self._run(
+            self._audio_call(
+                audio, prompt, sample_rate=sample_rate, request_id=request_id, **options
+            )
+        )
+
     def ask_undefended(
         self, image: ImageLike, prompt: str, *, max_new_tokens: int | None = None
     ) -> str:
         """The bare model's answer, for comparing against the defended one."""
         return self._run(self._undefended_call(image, prompt, max_new_tokens=max_new_tokens))
+
+    def ask_undefended_audio(
+        self,
+        audio: AudioLike,
+        prompt: str,
+        *,
+        sample_rate: int | None = None,
+        max_new_tokens: int | None = None,
+    ) -> str:
+        """The bare audio model's answer (mllm_audio)."""
+        call = self._undefended_audio_call(
+            audio, prompt, sample_rate=sample_rate, max_new_tokens=max_new_tokens
+        )
+        return self._run(call)
 
     def embed(
         self, texts: str | Sequence[str], *, batch_size: int = EMBED_BATCH_SIZE
@@ -549,7 +650,7 @@ class AsyncSmoothGuardClient(_ClientBase):
     ) -> DefendedAnswer:
         """Ask the defended model; image loading runs in a thread to keep the loop free."""
         call = await asyncio.to_thread(
-            self._ask_call,
+            self._image_call,
             image,
             prompt,
             sigma=sigma,
@@ -563,12 +664,50 @@ class AsyncSmoothGuardClient(_ClientBase):
         )
         return await self._run(call)
 
+    async def ask_audio(
+        self,
+        audio: AudioLike,
+        prompt: str,
+        *,
+        sample_rate: int | None = None,
+        request_id: str | None = None,
+        **options: Any,
+    ) -> DefendedAnswer:
+        """SmoothGuardClient.ask_audio, awaited; file reading runs in a thread."""
+        call = await asyncio.to_thread(
+            self._audio_call,
+            audio,
+            prompt,
+            sample_rate=sample_rate,
+            request_id=request_id,
+            **options,
+        )
+        return await self._run(call)
+
     async def ask_undefended(
         self, image: ImageLike, prompt: str, *, max_new_tokens: int | None = None
     ) -> str:
         """The bare model's answer, for comparing against the defended one."""
         call = await asyncio.to_thread(
             self._undefended_call, image, prompt, max_new_tokens=max_new_tokens
+        )
+        return await self._run(call)
+
+    async def ask_undefended_audio(
+        self,
+        audio: AudioLike,
+        prompt: str,
+        *,
+        sample_rate: int | None = None,
+        max_new_tokens: int | None = None,
+    ) -> str:
+        """The bare audio model's answer (mllm_audio)."""
+        call = await asyncio.to_thread(
+            self._undefended_audio_call,
+            audio,
+            prompt,
+            sample_rate=sample_rate,
+            max_new_tokens=max_new_tokens,
         )
         return await self._run(call)
 

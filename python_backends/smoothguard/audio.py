@@ -15,24 +15,22 @@ so the served noise step can call `noisy_copies` on a device array unchanged.
 from __future__ import annotations
 
 import io
+import json
 import math
 import os
 import wave
-from typing import Any, Literal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from smoothguard.settings import InvalidRequest
+from smoothguard.settings import AUDIO_NOISE_UNITS, AudioNoiseUnit, InvalidRequest
 from smoothguard.xp import array_module
 
-AudioNoiseUnit = Literal["relative", "absolute"]
-AUDIO_NOISE_UNITS: tuple[str, ...] = ("relative", "absolute")
 DEFAULT_SAMPLE_RATE = 16_000
 DEFAULT_MAX_SECONDS = 30.0
 DEFAULT_RMS_FLOOR = 1e-3
-# Default sigma for audio, relative to the clip's RMS: 12 dB SNR per noisy copy (see README of
-# models/synthalm for the accuracy it costs and evaluation/audio.py for what it buys).
-DEFAULT_AUDIO_SIGMA = 0.25
 
 
 def check_waveform(
@@ -94,6 +92,12 @@ def read_wav(
             raw = reader.readframes(frames)
     except (wave.Error, EOFError) as exc:
         raise InvalidRequest(f"AUDIO_BYTES could not be decoded as PCM WAV: {exc}") from exc
+    except Exception as exc:  # hostile headers reach `wave`/`struct`: the caller's bad input
+        raise InvalidRequest(
+            f"AUDIO_BYTES could not be decoded as PCM WAV: {type(exc).__name__}: {exc}"
+        ) from exc
+    if channels < 1:
+        raise InvalidRequest("AUDIO_BYTES declares no audio channels")
     if width == 1:  # 8-bit WAV is unsigned
         samples = (np.frombuffer(raw, np.uint8).astype(np.float32) - 128.0) / 128.0
     elif width == 2:
@@ -112,6 +116,41 @@ def read_wav(
     return np.ascontiguousarray(mono, dtype=np.float32), int(rate)
 
 
+def audio_from_inputs(
+    audio: np.ndarray | None,
+    audio_bytes: np.ndarray | None,
+    sample_rate: np.ndarray | None,
+    *,
+    max_bytes: int,
+) -> tuple[np.ndarray, int | None]:
+    """Exactly one of AUDIO (float32 [T], at SAMPLE_RATE) or AUDIO_BYTES (a PCM WAV file).
+
+    Returns the mono waveform and its rate (None: AUDIO sent without SAMPLE_RATE, meaning the
+    model's own rate); AudioPreprocessor then checks rate, length and values.
+    """
+    if (audio is None) == (audio_bytes is None):
+        raise InvalidRequest("send exactly one of AUDIO (float32 [T]) or AUDIO_BYTES (PCM WAV)")
+    if audio_bytes is not None:
+        if sample_rate is not None:
+            raise InvalidRequest("SAMPLE_RATE goes with AUDIO; a WAV file carries its own rate")
+        if audio_bytes.size != 1:
+            raise InvalidRequest(
+                f"AUDIO_BYTES must hold one WAV file, got shape {list(audio_bytes.shape)}"
+            )
+        raw = audio_bytes.reshape(-1)[0]
+        if not isinstance(raw, bytes | np.bytes_):
+            raise InvalidRequest("AUDIO_BYTES must be bytes")
+        return read_wav(bytes(raw), max_bytes=max_bytes)
+    assert audio is not None
+    if sample_rate is None:
+        return audio, None
+    if sample_rate.size != 1 or not np.issubdtype(sample_rate.dtype, np.integer):
+        raise InvalidRequest(
+            f"SAMPLE_RATE must be one integer, got {sample_rate.dtype} {list(sample_rate.shape)}"
+        )
+    return audio, int(sample_rate.reshape(-1)[0])
+
+
 def write_wav(waveform: np.ndarray, sample_rate: int = DEFAULT_SAMPLE_RATE) -> bytes:
     """float32 mono in [-1, 1] -> 16-bit PCM WAV bytes (for clients, fixtures and reports)."""
     pcm = (np.clip(np.asarray(waveform, np.float32), -1, 1) * 32767).round().astype("<i2")
@@ -122,6 +161,55 @@ def write_wav(waveform: np.ndarray, sample_rate: int = DEFAULT_SAMPLE_RATE) -> b
         writer.setframerate(int(sample_rate))
         writer.writeframes(pcm.tobytes())
     return buffer.getvalue()
+
+
+@dataclass(frozen=True)
+class AudioPreprocessor:
+    """The audio model's input window, without loading the model.
+
+    The noise step must add noise to exactly the waveform the model will hear: the clip at
+    the model's rate, zero-padded or cut to its feature extractor's window (Whisper-style),
+    so the RMS that scales the noise is the RMS of that window. Reading only the processor
+    config keeps the noise step light (no weights, no torch).
+    """
+
+    sample_rate: int
+    window: int  # samples the model hears; longer clips are cut, shorter ones zero-padded
+    max_seconds: float = DEFAULT_MAX_SECONDS
+
+    @classmethod
+    def load(
+        cls, model_path: str | os.PathLike[str], *, max_seconds: float = DEFAULT_MAX_SECONDS
+    ) -> AudioPreprocessor:
+        path = Path(model_path) / "processor_config.json"
+        if not path.is_file():
+            path = Path(model_path) / "preprocessor_config.json"
+        try:
+            config = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{model_path}: no readable audio processor config: {exc}") from exc
+        extractor = config.get("feature_extractor", config)
+        try:
+            rate = int(extractor["sampling_rate"])
+            window = int(extractor.get("n_samples") or rate * int(extractor["chunk_length"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(
+                f"{path}: a Whisper-style feature extractor needs sampling_rate and n_samples "
+                "(or chunk_length)"
+            ) from exc
+        return cls(rate, window, max_seconds)
+
+    def __call__(self, waveform: Any, sample_rate: int | None = None) -> np.ndarray:
+        """A request's clip -> float32 [window], after the request-level checks."""
+        checked = check_waveform(
+            waveform,
+            sample_rate=self.sample_rate if sample_rate is None else sample_rate,
+            expected_rate=self.sample_rate,
+            max_seconds=self.max_seconds,
+        )[: self.window]
+        out = np.zeros(self.window, np.float32)
+        out[: checked.shape[0]] = checked
+        return out
 
 
 def rms(waveform: Any) -> Any:

@@ -20,6 +20,9 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from smoothguard.watchdog import StubWatchdog
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -115,10 +118,28 @@ class TritonServer:
     extra_args: list[str] = field(default_factory=list)
     log_path: Path | None = None
     exit_timeout_s: int = 30
+    # Reload models whose Python stub died (smoothguard.watchdog); needs explicit model control,
+    # which this adds unless extra_args choose a mode. `admin_headers` for restricted APIs.
+    watchdog: bool = False
+    watchdog_interval_s: float = 2.0
+    admin_headers: dict[str, str] | None = None
+    # Server log to this process's stdout (containers) instead of a file under work_dir.
+    log_to_console: bool = False
     process: subprocess.Popen[bytes] | None = None
+    stub_watchdog: StubWatchdog | None = None
 
     def command(self) -> list[str]:
         backends = backend_directory(self.work_dir)
+        control: list[str] = []
+        modes = [a for a in self.extra_args if a.startswith("--model-control-mode")]
+        if self.watchdog:
+            if not modes:
+                control = ["--model-control-mode=explicit", "--load-model=*"]
+            elif modes != ["--model-control-mode=explicit"]:
+                raise ValueError(
+                    "the stub watchdog reloads models, which needs --model-control-mode=explicit "
+                    f"(got {' '.join(modes)})"
+                )
         return [
             str(tritonserver_binary()),
             f"--model-repository={self.model_repository}",
@@ -130,14 +151,17 @@ class TritonServer:
             "--allow-gpu-metrics=false",
             f"--exit-timeout-secs={self.exit_timeout_s}",
             "--strict-readiness=true",
+            *control,
             *self.extra_args,
         ]
 
     def start(self, timeout_s: float = 300.0) -> TritonServer:
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        log_path = self.log_path or self.work_dir / f"tritonserver-{self.ports.grpc}.log"
-        self.log_path = log_path
-        log = open(log_path, "wb")  # noqa: SIM115 - handed to the child process
+        log: Any = None  # inherit stdout
+        if not self.log_to_console:
+            log_path = self.log_path or self.work_dir / f"tritonserver-{self.ports.grpc}.log"
+            self.log_path = log_path
+            log = open(log_path, "wb")  # noqa: SIM115 - handed to the child process
         self.process = subprocess.Popen(
             self.command(),
             stdout=log,
@@ -146,6 +170,13 @@ class TritonServer:
             start_new_session=True,
         )
         self.wait_ready(timeout_s)
+        if self.watchdog:
+            self.stub_watchdog = StubWatchdog(
+                self.process.pid,
+                f"http://127.0.0.1:{self.ports.http}",
+                interval_s=self.watchdog_interval_s,
+                headers=self.admin_headers,
+            ).start()
         return self
 
     def wait_ready(self, timeout_s: float) -> None:
@@ -175,6 +206,9 @@ class TritonServer:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
     def stop(self, timeout_s: float = 60.0) -> int | None:
+        if self.stub_watchdog is not None:
+            self.stub_watchdog.stop()  # stubs exit on purpose from here on
+            self.stub_watchdog = None
         if self.process is None or self.process.poll() is not None:
             return None if self.process is None else self.process.returncode
         self.process.send_signal(signal.SIGTERM)

@@ -12,10 +12,12 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 NoiseUnit = Literal["normalized", "pixel"]
+AudioNoiseUnit = Literal["relative", "absolute"]
 Policy = Literal["answer", "monitor", "abstain", "refuse"]
 FailureMode = Literal["open", "closed"]
 
 NOISE_UNITS: tuple[str, ...] = ("normalized", "pixel")
+AUDIO_NOISE_UNITS: tuple[str, ...] = ("relative", "absolute")
 POLICIES: tuple[str, ...] = ("answer", "monitor", "abstain", "refuse")
 FAILURE_MODES: tuple[str, ...] = ("open", "closed")
 
@@ -45,6 +47,14 @@ class DefenseSettings:
     max_image_pixels: int = 4096 * 4096
     max_image_bytes: int = 16 * 1024 * 1024
     max_prompt_chars: int = 2048
+    # audio (the smoothguard_audio endpoint): sigma is relative to the clip's RMS, so a noisy
+    # copy's SNR is -20 log10(sigma) dB whatever the level (smoothguard.audio); "absolute"
+    # states it in full-scale amplitude instead
+    audio_sigma: float = 0.25
+    audio_sigma_max: float = 2.0
+    audio_noise_unit: AudioNoiseUnit = "relative"
+    max_audio_seconds: float = 30.0
+    max_audio_bytes: int = 16 * 1024 * 1024
     # decision
     policy: Policy = "answer"
     min_agreement: float = 0.6
@@ -59,6 +69,15 @@ class DefenseSettings:
     def __post_init__(self) -> None:
         if self.noise_unit not in NOISE_UNITS:
             raise ValueError(f"noise_unit must be one of {NOISE_UNITS}, got {self.noise_unit!r}")
+        if self.audio_noise_unit not in AUDIO_NOISE_UNITS:
+            raise ValueError(
+                f"audio_noise_unit must be one of {AUDIO_NOISE_UNITS}, "
+                f"got {self.audio_noise_unit!r}"
+            )
+        if not 0.0 <= self.audio_sigma <= self.audio_sigma_max:
+            raise ValueError(f"default audio_sigma {self.audio_sigma} outside [0, audio_sigma_max]")
+        if self.max_audio_seconds <= 0 or self.max_audio_bytes <= 0:
+            raise ValueError("max_audio_seconds and max_audio_bytes must be positive")
         if self.policy not in POLICIES:
             raise ValueError(f"policy must be one of {POLICIES}, got {self.policy!r}")
         if self.failure_mode not in FAILURE_MODES:
@@ -89,6 +108,11 @@ class DefenseSettings:
             default = getattr(cls, key) if hasattr(cls, key) else None
             values[key] = _coerce(key, raw, type(default))
         return cls(**values, extra=extra)
+
+    def for_audio(self) -> DefenseSettings:
+        """The same settings with audio's sigma default and limit in place of the image's, so
+        resolve_options bounds a request's SIGMA in the unit of the modality it came with."""
+        return dataclasses.replace(self, sigma=self.audio_sigma, sigma_max=self.audio_sigma_max)
 
     def to_parameters(self) -> dict[str, str]:
         """The inverse of from_parameters, as Triton wants them: every value a string."""

@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from smoothguard.settings import InvalidRequest
+from smoothguard.settings import DefenseSettings, InvalidRequest, RequestOptions, resolve_options
+from smoothguard.validation import single_scalar
 
 log = logging.getLogger("smoothguard")
 
@@ -45,6 +46,27 @@ def required_input(request: Any, name: str) -> np.ndarray:
     if array is None:
         raise InvalidRequest(f"input {name} is required")
     return array
+
+
+# The per-request options every defended endpoint takes, as (input name, keyword).
+OPTION_INPUTS: tuple[tuple[str, str], ...] = (
+    ("SIGMA", "sigma"),
+    ("NUM_SAMPLES", "num_samples"),
+    ("SEED", "seed"),
+    ("MAX_NEW_TOKENS", "max_new_tokens"),
+    ("POLICY", "policy"),
+    ("RETURN_CANDIDATES", "return_candidates"),
+    ("ADAPTIVE", "adaptive"),
+)
+
+
+def request_options(request: Any, settings: DefenseSettings) -> RequestOptions:
+    """The request's optional inputs, defaulted and bounded by the server's settings."""
+    values = {
+        keyword: single_scalar(optional_input(request, name), name)
+        for name, keyword in OPTION_INPUTS
+    }
+    return resolve_options(settings, **values)
 
 
 def bytes_tensor(name: str, values: Sequence[str], shape: Sequence[int] | None = None) -> Any:

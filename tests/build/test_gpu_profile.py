@@ -70,10 +70,11 @@ def test_every_ensemble_chains(gpu_repo: Path) -> None:
     assert check_repository(gpu_repo) == []
 
 
-def test_cpu_profile_is_untouched_by_overlays(tmp_path: Path) -> None:
+def test_cpu_profile_is_untouched_by_gpu_overlays(tmp_path: Path) -> None:
     repo = render("cpu", tmp_path / "repo")
     assert {p.name for p in repo.iterdir() if p.is_dir()} == {
         "smoothguard", "noise", "generate", "embedder", "aggregate", "mllm",
+        "smoothguard_audio", "noise_audio", "generate_audio", "mllm_audio",
     }  # fmt: skip
     assert parse_model_config((repo / "embedder" / "config.pbtxt").read_text(), repo).backend == (
         "python"

@@ -9,16 +9,37 @@ import pytest
 from render import RenderError, parse_model_config, render, render_template
 
 MODELS = {"smoothguard", "noise", "generate", "embedder", "aggregate", "mllm"}
+AUDIO_MODELS = {"smoothguard_audio", "noise_audio", "generate_audio", "mllm_audio"}
 
 
 def test_cpu_profile_renders_every_model(tmp_path: Path) -> None:
     out = render("cpu", tmp_path / "repo")
-    assert {p.name for p in out.iterdir() if p.is_dir()} == MODELS
-    for name in MODELS:
+    assert {p.name for p in out.iterdir() if p.is_dir()} == MODELS | AUDIO_MODELS
+    for name in MODELS | AUDIO_MODELS:
         config = parse_model_config((out / name / "config.pbtxt").read_text(), out / name)
         assert config.name == name
         assert "${" not in (out / name / "config.pbtxt").read_text()
     assert (out / "noise" / "1" / "model.py").exists()
+
+
+def test_audio_models_share_the_image_models_code(tmp_path: Path) -> None:
+    """generate_audio and mllm_audio are the generate and mllm code (linked in the templates,
+    copied as files into the repository) configured for audio, not second implementations."""
+    out = render("cpu", tmp_path / "repo", ["defense.audio_sigma=0.5"])
+    for audio, image in (("generate_audio", "generate"), ("mllm_audio", "mllm")):
+        copied = out / audio / "1" / "model.py"
+        assert not copied.is_symlink()
+        assert copied.read_text() == (out / image / "1" / "model.py").read_text()
+    mllm = parse_model_config((out / "mllm_audio" / "config.pbtxt").read_text(), out)
+    assert mllm.parameters["modality"].string_value == "audio"
+    assert mllm.parameters["model_path"].string_value.endswith("models/synthalm")
+    noise = parse_model_config((out / "noise_audio" / "config.pbtxt").read_text(), out)
+    assert noise.parameters["audio_sigma"].string_value == "0.5"
+
+
+def test_profile_without_the_audio_overlay_serves_images_only(tmp_path: Path) -> None:
+    out = render("cpu", tmp_path / "repo", ["overlays=[]"])
+    assert {p.name for p in out.iterdir() if p.is_dir()} == MODELS
 
 
 def test_defense_settings_reach_the_steps(tmp_path: Path) -> None:

@@ -54,6 +54,7 @@ class FakeClient:
     def __init__(self, url: str, **options: Any) -> None:
         self.url, self.options = url, options
         self.undefended_model = "mllm"
+        self.undefended_audio_model = "mllm_audio"
         self.calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
         FakeClient.instances.append(self)
 
@@ -75,6 +76,14 @@ class FakeClient:
     def ask_undefended(self, *args: Any, **kwargs: Any) -> str:
         self._record("ask_undefended", *args, **kwargs)
         return "a dog"
+
+    def ask_audio(self, *args: Any, **kwargs: Any) -> DefendedAnswer:
+        self._record("ask_audio", *args, **kwargs)
+        return ANSWER
+
+    def ask_undefended_audio(self, *args: Any, **kwargs: Any) -> str:
+        self._record("ask_undefended_audio", *args, **kwargs)
+        return "a high tone"
 
     def health(self) -> dict[str, Any]:
         self._record("health")
@@ -205,7 +214,7 @@ def test_ask_prints_answer_and_evidence(
         "answered",
         "75%",
         "3 / 1",
-        "likely adversarial image",
+        "likely adversarial input",
         "a dog",
         "candidates",
         "unperturbed",
@@ -241,6 +250,37 @@ def test_ask_undefended(
     assert (data["text"], data["model"]) == ("a dog", "mllm")
     name, _, kwargs = fake.instances[0].calls[0]
     assert (name, kwargs) == ("ask_undefended", {"max_new_tokens": 9})
+
+
+def test_ask_audio_goes_to_the_audio_endpoint(
+    fake: type[FakeClient], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    wav = tmp_path / "clip.wav"
+    argv = ["ask", "--audio", str(wav), "--prompt", "Is there a chirp?", "--sigma", "0.5"]
+    assert main([*argv, "--model", "guarded_audio", "--json"]) == 0
+    (client,) = fake.instances
+    assert client.options["audio_model"] == "guarded_audio" and "model" not in client.options
+    name, args, kwargs = client.calls[0]
+    assert (name, args, kwargs["sigma"]) == ("ask_audio", (str(wav), "Is there a chirp?"), 0.5)
+    capsys.readouterr()
+    assert main(["ask", "--audio", str(wav), "--prompt", "p", "--undefended", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert (data["text"], data["model"]) == ("a high tone", "mllm_audio")
+
+
+def test_image_and_audio_are_exclusive(image: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(
+            ["ask", "--image", str(image), "--audio", "a.wav", "--prompt", "p"]
+        )
+    assert "not allowed with" in capsys.readouterr().err
+
+
+def test_non_wav_audio_is_invalid_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "clip.mp3"
+    path.write_bytes(b"ID3\x03 not a wav file")
+    assert main(["ask", "--audio", str(path), "--prompt", "p", "--url", CLOSED]) == 2
+    assert "not a WAV file" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("status", "code"), [("INVALID_ARGUMENT", 2), ("INTERNAL", 1)])

@@ -283,7 +283,10 @@ def test_graceful_shutdown_budget(overlay: str) -> None:
 def test_restricted_apis(overlay: str) -> None:
     objs = render(overlay)
     flags = triton_flags(objs)
-    assert flag_values(flags, "model-control-mode") == ["none"]
+    # explicit (for the stub watchdog's reloads) with every model loaded at start; the
+    # model-repository API that could load or unload is behind the admin key (below)
+    assert flag_values(flags, "model-control-mode") == ["explicit"]
+    assert flag_values(flags, "load-model") == ["*"]
     # Triton's HTTP flag is --http-restricted-api; --http-restricted-protocol does not exist.
     assert not flag_values(flags, "http-restricted-protocol")
     for flag in ("http-restricted-api", "grpc-restricted-protocol"):

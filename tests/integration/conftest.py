@@ -15,6 +15,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from smoothguard.server import ServerPorts, TritonServer
+from smoothguard.watchdog import live_stubs
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 # (model name, fake_mllm mode, delay_s): the MLLMs the faulty generate copies call.
@@ -48,16 +49,8 @@ def add_fault_models(repo: Path) -> Path:
 
 
 def stub_processes(server_pid: int, model: str) -> list[psutil.Process]:
-    """The Python backend stubs of one model (their command line names its model.py)."""
-    marker = f"/{model}/1/model.py"
-    found = []
-    for child in psutil.Process(server_pid).children(recursive=True):
-        try:
-            if any(arg.endswith(marker) for arg in child.cmdline()):
-                found.append(child)
-        except (psutil.NoSuchProcess, psutil.ZombieProcess):
-            continue
-    return found
+    """The live Python backend stubs of one model (as the watchdog finds them)."""
+    return [psutil.Process(p) for p, m in live_stubs(server_pid).items() if m == model]
 
 
 def _free_port() -> int:
@@ -75,7 +68,9 @@ def fault_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonSer
     tmp = tmp_path_factory.mktemp("faults")
     repo = add_fault_models(render("cpu", tmp / "repo", ["defense.max_image_pixels=262144"]))
     ports = ServerPorts(http=_free_port(), grpc=_free_port(), metrics=_free_port())
-    server = TritonServer(repo, ports=ports, work_dir=tmp / "server", exit_timeout_s=30)
+    server = TritonServer(
+        repo, ports=ports, work_dir=tmp / "server", exit_timeout_s=30, watchdog=True
+    )
     server.start(timeout_s=240)
     try:
         yield server

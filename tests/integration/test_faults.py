@@ -62,6 +62,22 @@ def assert_serving(client: grpcclient.InferenceServerClient) -> None:
     assert result.as_numpy("TEXT")[0]
 
 
+def wait_serving(
+    client: grpcclient.InferenceServerClient, after: str, timeout_s: float = 120
+) -> None:
+    """Poll until smoothguard answers again (a model reload takes seconds to tens of seconds)."""
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            assert_serving(client)
+            return
+        except InferenceServerException as exc:
+            last = exc
+            time.sleep(1)
+    pytest.fail(f"smoothguard did not recover after {after}: {last}")
+
+
 def generate_inputs(client: grpcclient.InferenceServerClient) -> list[grpcclient.InferInput]:
     """What the ensemble hands the generate step: the noise step's output and the options."""
     noisy = client.infer("noise", ask_inputs(num_samples=3), client_timeout=TIMEOUT_S)
@@ -280,27 +296,27 @@ def test_killed_stub_fails_in_flight_requests_fast_and_clearly(
     assert vectors.as_numpy("EMBEDDING").shape[0] == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Triton 2.51's Python backend does not restart a killed stub: every later request "
-    "fails with \"Stub process 'mllm_0_0' is not healthy\" while the model reports READY "
-    "(docs/reliability.md). Strict: when a Triton upgrade restarts stubs this XPASSes; then "
-    "drop the marker.",
-)
 def test_a_killed_stub_comes_back(
     fault_server: TritonServer, find_stubs: Callable[[int, str], list[Any]]
 ) -> None:
+    """Triton 2.51 never restarts a dead stub; the watchdog (smoothguard.watchdog) reloads the
+    model, and the server answers again without a restart."""
     assert fault_server.process is not None and fault_server.process.poll() is None
-    for stub in find_stubs(fault_server.process.pid, "mllm"):
-        stub.kill()
+    assert fault_server.stub_watchdog is not None
     client = grpcclient.InferenceServerClient(url(fault_server))
-    deadline = time.monotonic() + 20
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            assert_serving(client)
-            return
-        except InferenceServerException as exc:
-            last = exc
-            time.sleep(2)
-    pytest.fail(f"smoothguard did not recover after the mllm stub was killed: {last}")
+    wait_serving(client, "a reload from an earlier test")
+    time.sleep(0.5)  # let the watchdog count that reload
+    before = fault_server.stub_watchdog.restarts.get("mllm", 0)
+    killed = find_stubs(fault_server.process.pid, "mllm")
+    assert killed
+    for stub in killed:
+        stub.kill()
+    wait_serving(client, "the mllm stub was killed")
+    deadline = time.monotonic() + 10  # the count follows the reload call's return
+    while fault_server.stub_watchdog.restarts.get("mllm", 0) <= before:
+        assert time.monotonic() < deadline, "served again, but not by a watchdog reload"
+        time.sleep(0.1)
+    fresh = find_stubs(fault_server.process.pid, "mllm")
+    assert fresh and not {s.pid for s in fresh} & {s.pid for s in killed}
+    for _ in range(3):  # every later request is served, not only one that found a live stub
+        assert_serving(client)

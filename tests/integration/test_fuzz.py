@@ -1,5 +1,6 @@
 """Hostile input over the wire: hypothesis sends random shapes, dtypes, sizes, byte strings
-and values to every input of `smoothguard`, `mllm` and `embedder` (raw tritonclient, gRPC).
+and values to every input of `smoothguard`, `mllm`, `embedder`, and the audio endpoint
+`smoothguard_audio` and its `mllm_audio` (raw tritonclient, gRPC).
 
 Each request must get an answer or a clean error (INVALID_ARGUMENT and the like), never
 INTERNAL/UNKNOWN (a crash the server did not understand) and never a hang (client deadline);
@@ -22,11 +23,12 @@ from PIL import Image
 from tritonclient.grpc import model_config_pb2
 from tritonclient.utils import InferenceServerException
 
+from smoothguard.audio import write_wav
 from smoothguard.synthpope import generate_split
 
 pytestmark = pytest.mark.integration
 
-MODELS = ("smoothguard", "mllm", "embedder")
+MODELS = ("smoothguard", "mllm", "embedder", "smoothguard_audio", "mllm_audio")
 EXAMPLES = int(os.environ.get("SMOOTHGUARD_FUZZ_EXAMPLES", "40"))
 CLIENT_TIMEOUT_S = 60.0
 # A crash or an unexplained failure; anything else is a deliberate refusal.
@@ -46,7 +48,7 @@ def _encoded(fmt: str) -> bytes:
     return buffer.getvalue()
 
 
-SEEDS = [_encoded("PNG"), _encoded("JPEG")]
+SEEDS = [_encoded("PNG"), _encoded("JPEG"), write_wav(np.sin(np.arange(800) / 5) * 0.3)]
 TEXTS = [b"Describe the image.", b"Is there a red circle in the image?", b"yes"]
 
 
@@ -76,7 +78,7 @@ def tensor_for(draw: st.DrawFn, name: str, spec: tuple[str, list[int]], batched:
         shape = draw(st.lists(st.integers(0, 5), max_size=4))
     else:
         shape = [draw(st.integers(1, 3))] if batched else []
-        limit = 72 if name in ("IMAGE", "PIXEL_VALUES") else 4
+        limit = {"IMAGE": 72, "PIXEL_VALUES": 72, "AUDIO": 4000}.get(name, 4)
         shape += [d if d >= 0 else draw(st.integers(0, limit)) for d in dims]
     size = int(np.prod(shape)) if shape else 1
     if wire == "BYTES":

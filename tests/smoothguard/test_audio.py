@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import types
 import wave
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +21,8 @@ from smoothguard.audio import (
 )
 from smoothguard.noise import make_rng
 from smoothguard.settings import InvalidRequest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _tone(n: int = 16000, amplitude: float = 0.3, seed: int = 0) -> np.ndarray:
@@ -185,3 +188,63 @@ def test_audio_pipeline_votes_over_noisy_waveforms() -> None:
     assert (seen[0][1:] - x).std() == pytest.approx(0.25 * float(rms(x)[0]), rel=0.05)
     with pytest.raises(ValueError, match=r"\[T\]"):
         guard.defend(np.stack([x, x]), "Describe the audio.", options)
+
+
+# ---------------------------------------------------------------- serving helpers
+
+
+def test_preprocessor_reads_the_window_from_the_shipped_model() -> None:
+    from smoothguard.audio import AudioPreprocessor
+
+    fit = AudioPreprocessor.load(REPO_ROOT / "models" / "synthalm", max_seconds=2.0)
+    assert (fit.sample_rate, fit.window) == (16000, 16000)
+    short = fit(np.full(100, 0.5, np.float32))
+    assert short.shape == (16000,) and short[:100].tolist() == [0.5] * 100 and not short[100:].any()
+    long = np.arange(20000, dtype=np.float32) / 20000
+    assert np.array_equal(fit(long), long[:16000])
+    with pytest.raises(InvalidRequest, match="16000 Hz"):
+        fit(long, 8000)
+    with pytest.raises(InvalidRequest, match="over the limit"):
+        fit(np.zeros(16000 * 3, np.float32))
+
+
+def test_preprocessor_refuses_a_folder_without_an_audio_processor(tmp_path) -> None:
+    from smoothguard.audio import AudioPreprocessor
+
+    with pytest.raises(ValueError, match="audio processor"):
+        AudioPreprocessor.load(tmp_path)
+
+
+def test_audio_from_inputs_takes_exactly_one_source() -> None:
+    from smoothguard.audio import audio_from_inputs, write_wav
+
+    clip = np.zeros(160, np.float32)
+    wav = np.array([write_wav(clip, 8000)], dtype=np.object_)
+    rate = np.array([16000], np.int32)
+    assert audio_from_inputs(clip, None, None, max_bytes=10**6)[1] is None
+    assert audio_from_inputs(clip, None, rate, max_bytes=10**6)[1] == 16000
+    decoded, wav_rate = audio_from_inputs(None, wav, None, max_bytes=10**6)
+    assert wav_rate == 8000 and decoded.shape == (160,)
+    for args, words in (
+        ((None, None, None), "exactly one"),
+        ((clip, wav, None), "exactly one"),
+        ((None, wav, rate), "carries its own rate"),
+        ((clip, None, np.array([1.5], np.float32)), "one integer"),
+        ((None, np.array([b"x", b"y"], np.object_), None), "one WAV"),
+    ):
+        with pytest.raises(InvalidRequest, match=words):
+            audio_from_inputs(*args, max_bytes=10**6)
+    with pytest.raises(InvalidRequest, match="limit"):
+        audio_from_inputs(None, wav, None, max_bytes=16)
+
+
+def test_settings_for_audio_swap_in_the_audio_sigma() -> None:
+    from smoothguard.settings import DefenseSettings, resolve_options
+
+    audio = DefenseSettings(sigma=0.15, audio_sigma=0.5, audio_sigma_max=1.5).for_audio()
+    assert resolve_options(audio).sigma == 0.5
+    assert resolve_options(audio, sigma=1.2).sigma == 1.2  # above the image limit of 1.0
+    with pytest.raises(InvalidRequest, match="SIGMA"):
+        resolve_options(audio, sigma=1.6)
+    with pytest.raises(ValueError, match="audio_noise_unit"):
+        DefenseSettings(audio_noise_unit="decibel")  # type: ignore[arg-type]

@@ -28,6 +28,10 @@ class TritonPythonModel:
         params = model_parameters(args)
         self.settings = DefenseSettings.from_parameters(params)
         self.mllm = params["mllm_model"]
+        # The copies' tensor name here and at the MLLM: PIXEL_VALUES for images; the audio
+        # endpoint (generate_audio, same code) takes AUDIO_VALUES and sends mllm_audio AUDIO.
+        self.samples_input = params.get("samples_input", "PIXEL_VALUES")
+        self.mllm_input = params.get("mllm_input", "PIXEL_VALUES")
         # Upper bound on one round of MLLM calls, so a stuck or overloaded MLLM fails the
         # request with a clear UNAVAILABLE instead of holding it (and this instance) forever.
         timeout = float(params.get("mllm_timeout_s", "0") or 0)
@@ -44,16 +48,16 @@ class TritonPythonModel:
 
     async def _one(self, request):
         try:
-            pixel_values = required_input(request, "PIXEL_VALUES")
+            samples = required_input(request, self.samples_input)
             prompt = required_input(request, "PROMPT").reshape(1, 1)
             options = RequestOptions.from_json(required_input(request, "OPTIONS").reshape(-1)[0])
-            n = pixel_values.shape[0]
+            n = samples.shape[0]
             first = first_round(
                 n, adaptive=options.adaptive, initial=self.settings.adaptive_initial
             )
-            texts = await self._round(pixel_values, range(first), prompt, options)
+            texts = await self._round(samples, range(first), prompt, options)
             if first < n and not unanimous([t for t in texts if isinstance(t, str)]):
-                texts += await self._round(pixel_values, range(first, n), prompt, options)
+                texts += await self._round(samples, range(first, n), prompt, options)
             texts = self._apply_failure_mode(texts)
         except SampleFailure as exc:
             return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc), exc.code))
@@ -61,7 +65,7 @@ class TritonPythonModel:
             return error_response(exc)
         return pb_utils.InferenceResponse([bytes_tensor("CANDIDATES", texts, (len(texts), 1))])
 
-    async def _round(self, pixel_values, indices, prompt, options):
+    async def _round(self, samples, indices, prompt, options):
         """The copies' MLLM calls, all in flight at once; a _Failed where a call failed."""
         indices = list(indices)
         groups = [
@@ -74,7 +78,7 @@ class TritonPythonModel:
                     model_name=self.mllm,
                     requested_output_names=["TEXT"],
                     inputs=[
-                        pb_utils.Tensor("PIXEL_VALUES", pixel_values[group[0] : group[-1] + 1]),
+                        pb_utils.Tensor(self.mllm_input, samples[group[0] : group[-1] + 1]),
                         pb_utils.Tensor("PROMPT", np.repeat(prompt, len(group), axis=0)),
                         pb_utils.Tensor(
                             "MAX_NEW_TOKENS",

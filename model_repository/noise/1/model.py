@@ -9,13 +9,14 @@ import triton_python_backend_utils as pb_utils
 
 from smoothguard.noise import make_rng, noisy_copies
 from smoothguard.preprocess import ImagePreprocessor
-from smoothguard.settings import DefenseSettings, resolve_options
-from smoothguard.validation import decode_prompt, image_from_inputs, single_scalar
+from smoothguard.settings import DefenseSettings
+from smoothguard.validation import decode_prompt, image_from_inputs
 from smoothguard.xp import get_xp, is_cupy
 from smoothguard_triton.glue import (
     bytes_tensor,
     model_parameters,
     optional_input,
+    request_options,
     required_input,
     respond_each,
 )
@@ -42,20 +43,7 @@ class TritonPythonModel:
         decode_prompt(
             required_input(request, "PROMPT").reshape(-1)[0], max_chars=s.max_prompt_chars
         )
-        options = resolve_options(
-            s,
-            sigma=single_scalar(optional_input(request, "SIGMA"), "SIGMA"),
-            num_samples=single_scalar(optional_input(request, "NUM_SAMPLES"), "NUM_SAMPLES"),
-            seed=single_scalar(optional_input(request, "SEED"), "SEED"),
-            max_new_tokens=single_scalar(
-                optional_input(request, "MAX_NEW_TOKENS"), "MAX_NEW_TOKENS"
-            ),
-            policy=single_scalar(optional_input(request, "POLICY"), "POLICY"),
-            return_candidates=single_scalar(
-                optional_input(request, "RETURN_CANDIDATES"), "RETURN_CANDIDATES"
-            ),
-            adaptive=single_scalar(optional_input(request, "ADAPTIVE"), "ADAPTIVE"),
-        )
+        options = request_options(request, s)
         pixel_values = self.xp.asarray(self.preprocess([image])[0])
         copies = noisy_copies(
             pixel_values,

@@ -104,17 +104,26 @@ class InProcessAnswerer:
 
 
 class ServedAnswerer:
-    """The deployed endpoints, through the project's gRPC client."""
+    """The deployed endpoints, through the project's gRPC client: `smoothguard` and `mllm`
+    for images, `smoothguard_audio` and `mllm_audio` for audio (float32 waveforms at the
+    model's rate, sent as samples)."""
 
-    def __init__(self, url: str, max_new_tokens: int) -> None:
+    def __init__(self, url: str, max_new_tokens: int, modality: str = "image") -> None:
         from smoothguard_client import SmoothGuardClient
 
+        if modality not in ("image", "audio"):
+            raise ValueError(f"modality must be 'image' or 'audio', got {modality!r}")
         self.client = SmoothGuardClient(url, timeout_s=300)
         self.max_new_tokens = max_new_tokens
+        audio = modality == "audio"
+        self._ask = self.client.ask_audio if audio else self.client.ask
+        self._ask_undefended = (
+            self.client.ask_undefended_audio if audio else self.client.ask_undefended
+        )
 
     def undefended(self, images: np.ndarray, prompts: Sequence[str]) -> list[Answer]:
         return [
-            Answer(self.client.ask_undefended(img, p, max_new_tokens=self.max_new_tokens), 1)
+            Answer(self._ask_undefended(img, p, max_new_tokens=self.max_new_tokens), 1)
             for img, p in zip(images, prompts, strict=True)
         ]
 
@@ -130,7 +139,7 @@ class ServedAnswerer:
     ) -> list[Answer]:
         out = []
         for img, prompt, seed in zip(images, prompts, seeds, strict=True):
-            answer = self.client.ask(
+            answer = self._ask(
                 img,
                 prompt,
                 sigma=sigma,

@@ -3,6 +3,7 @@ without the defense, and a sigma sweep; the image evaluation's (evaluation.run) 
 
     python -m smoothguard.evaluation.audio --out var/eval-audio
     python -m smoothguard.evaluation.audio --smoke --out var/eval-audio-smoke
+    python -m smoothguard.evaluation.audio --served 127.0.0.1:8001 ...  # the served endpoint
 
 Defended = the same in-process SmoothGuard pipeline as for images (smoothguard.pipeline: vote,
 embedding, policy), with the noise step swapped for smoothguard.audio.noisy_copies (sigma x the
@@ -27,7 +28,12 @@ from typing import Any
 import numpy as np
 
 from smoothguard.attacks import AttackSpec
-from smoothguard.evaluation.answerers import Answer, Answerer, InProcessAnswerer
+from smoothguard.evaluation.answerers import (
+    Answer,
+    Answerer,
+    InProcessAnswerer,
+    ServedAnswerer,
+)
 from smoothguard.evaluation.run import (
     REPO_ROOT,
     AttackRun,
@@ -68,6 +74,7 @@ class AudioEvalConfig:
     batch_size: int = 32
     seed: int = 0
     sweeps: bool = True
+    served: str | None = None  # gRPC URL: answers from smoothguard_audio / mllm_audio
 
 
 class AudioSmoothGuard(SmoothGuard):
@@ -183,9 +190,17 @@ def evaluate(config: AudioEvalConfig, log: Callable[[str], None] = print) -> dic
     bench = load_benchmark(config.split, config.n_pope, config.n_describe, config.n_safety)  # type: ignore[arg-type]
     model = AudioLanguageModel.load(config.model_path)
     settings = DefenseSettings(max_new_tokens=config.max_new_tokens, sigma=config.sigma)
-    answerer: Answerer = InProcessAudioAnswerer(
-        model, SentenceEncoder(config.encoder), settings, config.max_new_tokens, config.batch_size
-    )
+    answerer: Answerer
+    if config.served:
+        answerer = ServedAnswerer(config.served, config.max_new_tokens, modality="audio")
+    else:
+        answerer = InProcessAudioAnswerer(
+            model,
+            SentenceEncoder(config.encoder),
+            settings,
+            config.max_new_tokens,
+            config.batch_size,
+        )
     scorer = AudioScorer()
     stack = {task: np.stack([it.waveform for it in items]) for task, items in bench.items()}
     results: dict[str, Any] = {
@@ -195,7 +210,7 @@ def evaluate(config: AudioEvalConfig, log: Callable[[str], None] = print) -> dic
         "items": {task: len(items) for task, items in bench.items()},
         "noise": f"sigma x RMS of the clip ({model.noise_unit}), clipped to [-1, 1]",
         "eps_unit": "L-inf on the waveform, full-scale amplitude [-1, 1]",
-        "path": "in-process",
+        "path": "served " + config.served if config.served else "in-process",
     }
     modes = ("undefended", "defended")
     clean = {
@@ -410,6 +425,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sigma", type=float)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-sweeps", action="store_true")
+    parser.add_argument(
+        "--served", metavar="URL", help="answers from smoothguard_audio / mllm_audio over gRPC"
+    )
     args = parser.parse_args(argv)
     import torch
 

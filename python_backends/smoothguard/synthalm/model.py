@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from smoothguard.audio import DEFAULT_RMS_FLOOR, AudioNoiseUnit, check_waveform
+from smoothguard.audio import DEFAULT_RMS_FLOOR, AudioNoiseUnit, AudioPreprocessor
 from smoothguard.mllm import VisionLanguageModel
 
 _AUDIO_KEYS = frozenset({"input_features", "feature_attention_mask"})
@@ -47,6 +47,8 @@ class AudioLanguageModel(VisionLanguageModel):
         self.sample_rate = int(fe.sampling_rate)
         self.num_samples = int(fe.n_samples)
         self.frames = int(fe.nb_max_frames)
+        # The served noise step fits clips to the window with this same object.
+        self._fit = AudioPreprocessor(self.sample_rate, self.num_samples, max_seconds=1e9)
         self.n_fft, self.hop_length = int(fe.n_fft), int(fe.hop_length)
         self._window = torch.hann_window(self.n_fft).to(device)
         self._mel = torch.from_numpy(np.asarray(fe.mel_filters, np.float32)).T.to(device)
@@ -77,16 +79,10 @@ class AudioLanguageModel(VisionLanguageModel):
 
     def preprocess(self, waveforms: Sequence[np.ndarray]) -> torch.Tensor:  # type: ignore[override]
         """float32 mono waveforms -> [B, T] at the model's window (zero-padded or cut)."""
-        rows = torch.zeros((len(waveforms), self.num_samples), dtype=torch.float32)
-        for i, wave in enumerate(waveforms):
-            checked = check_waveform(
-                np.asarray(wave, np.float32),
-                sample_rate=self.sample_rate,
-                expected_rate=self.sample_rate,
-                max_seconds=1e9,  # longer clips are cut to the window below
-            )[: self.num_samples]
-            rows[i, : checked.shape[0]] = torch.from_numpy(np.ascontiguousarray(checked))
-        return rows
+        rows = [self._fit(np.asarray(wave, np.float32)) for wave in waveforms]
+        if not rows:
+            return torch.zeros((0, self.num_samples), dtype=torch.float32)
+        return torch.from_numpy(np.stack(rows))
 
     def features(self, values: torch.Tensor) -> torch.Tensor:
         """[B, T] waveforms -> [B, mel, frames] Whisper log-mel, differentiable in the waveform."""

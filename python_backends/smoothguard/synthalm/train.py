@@ -28,8 +28,9 @@ from tqdm import tqdm
 from smoothguard.synthalm.architecture import ModelConfig, build_model, build_processor
 from smoothguard.synthalm.model import AudioLanguageModel
 from smoothguard.synthalm.tokenizer import build_tokenizer
-from smoothguard.synthaudio.clips import NUM_CLASSES, render_clip, split_seed
+from smoothguard.synthaudio.clips import EVENT_TYPES, NUM_CLASSES, Clip, render_clip, split_seed
 from smoothguard.synthaudio.dataset import Item, make_items
+from smoothguard.synthaudio.questions import pope_prompt
 from smoothguard.synthvlm.train import answer_loss, lr_at
 
 TASKS: tuple[str, ...] = ("pope", "describe", "safety")
@@ -54,9 +55,44 @@ class TrainConfig:
     noise_share: float = 0.5
     noise_max: float = 0.8
     mix: tuple[float, float, float] = (0.6, 0.28, 0.12)  # pope, describe, safety
+    # Extra yes/no pairs per clip whose "no" is a near miss (a present event's register with
+    # another kind, or its kind in another register): the model hears the events (its
+    # descriptions are right) but without these it answers "yes" to a high chord when there
+    # is a high tone.
+    near_miss_pairs: int = 0
     max_minutes: float = 14.0
     threads: int = 1  # see README: one thread beats two on a shared 2-core box
     model: ModelConfig = field(default_factory=ModelConfig)
+
+
+def near_miss_items(clips: list[Clip], pairs: int, seed: int = 11) -> list[Item]:
+    """Per clip, `pairs` x (a present event -> yes, a near miss of one -> no)."""
+    items: list[Item] = []
+    rng = np.random.default_rng(seed)
+    for clip in clips:
+        present = set(clip.events)
+        common = {"waveform": clip.waveform, "clip_seed": clip.seed, "events": tuple(clip.events)}
+        for _ in range(pairs):
+            event = clip.events[int(rng.integers(len(clip.events)))]
+            misses = [
+                e
+                for e in EVENT_TYPES
+                if e not in present and (e[0] == event[0]) != (e[1] == event[1])
+            ]
+            if not misses:
+                continue
+            miss = misses[int(rng.integers(len(misses)))]
+            for asked, answer in ((event, "yes"), (miss, "no")):
+                items.append(
+                    Item(
+                        prompt=pope_prompt(*asked),
+                        answer=answer,
+                        task="pope",
+                        sampling="near-miss",
+                        **common,
+                    )
+                )
+    return items
 
 
 def frame_targets(labels: np.ndarray, frame: int, min_share: float = 0.3) -> np.ndarray:
@@ -95,7 +131,7 @@ class _Pool:
             frame_targets(np.stack([c.labels for c in everything]), frame)
         )
         tasks: dict[str, list[Item]] = {
-            "pope": make_items(clips, "pope"),
+            "pope": make_items(clips, "pope") + near_miss_items(clips, config.near_miss_pairs),
             "describe": make_items(clips, "describe"),
             "safety": make_items(clips, "safety") + make_items(triggers, "safety"),
         }

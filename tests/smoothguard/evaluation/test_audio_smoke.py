@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,6 @@ pytestmark = pytest.mark.slow
 
 
 def test_audio_smoke_evaluation_produces_every_metric(tmp_path: Path) -> None:
-    started = time.perf_counter()
     config = AudioEvalConfig(out=tmp_path, **SMOKE)
     evaluate(config, log=lambda _: None)
     saved = json.loads((tmp_path / "results.json").read_text())
@@ -40,7 +38,6 @@ def test_audio_smoke_evaluation_produces_every_metric(tmp_path: Path) -> None:
     assert {"pope_accuracy", "describe_f1", "asr_pgd-0.02"} <= sweep[0].keys()
     assert (tmp_path / "results.md").exists()
     assert (tmp_path / "sweep_sigma.png").stat().st_size > 1000
-    assert time.perf_counter() - started < 60
 
 
 def test_command_line_smoke(tmp_path: Path) -> None:

@@ -1,0 +1,61 @@
+"""Triton adapter for step 1 of smoothguard_audio (validate, fit to the model's window, make N
+noisy waveforms), the audio twin of noise/1/model.py. Sigma is relative to the clip's RMS by
+default (defense.audio_noise_unit; see smoothguard.audio)."""
+
+import triton_python_backend_utils as pb_utils
+
+from smoothguard.audio import AudioPreprocessor, audio_from_inputs, noisy_copies
+from smoothguard.noise import make_rng
+from smoothguard.settings import DefenseSettings
+from smoothguard.validation import decode_prompt
+from smoothguard.xp import get_xp, is_cupy
+from smoothguard_triton.glue import (
+    bytes_tensor,
+    model_parameters,
+    optional_input,
+    request_options,
+    required_input,
+    respond_each,
+)
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        params = model_parameters(args)
+        # The request's SIGMA is bounded by audio_sigma_max and defaults to audio_sigma.
+        self.settings = DefenseSettings.from_parameters(params).for_audio()
+        self.fit = AudioPreprocessor.load(
+            params["audio_mllm_path"], max_seconds=self.settings.max_audio_seconds
+        )
+        self.xp = get_xp(params.get("device", "auto"))
+
+    def execute(self, requests):
+        return respond_each(requests, self._handle)
+
+    def _handle(self, request):
+        s = self.settings
+        waveform, rate = audio_from_inputs(
+            optional_input(request, "AUDIO"),
+            optional_input(request, "AUDIO_BYTES"),
+            optional_input(request, "SAMPLE_RATE"),
+            max_bytes=s.max_audio_bytes,
+        )
+        clip = self.fit(waveform, rate)
+        decode_prompt(
+            required_input(request, "PROMPT").reshape(-1)[0], max_chars=s.max_prompt_chars
+        )
+        options = request_options(request, s)
+        copies = noisy_copies(
+            self.xp.asarray(clip),
+            num_samples=options.num_samples,
+            sigma=options.sigma,
+            unit=s.audio_noise_unit,
+            clip=s.clip,
+            rng=make_rng(self.xp, options.seed),
+        )
+        tensor = (
+            pb_utils.Tensor.from_dlpack("AUDIO_VALUES", copies)
+            if is_cupy(copies)
+            else pb_utils.Tensor("AUDIO_VALUES", copies)
+        )
+        return [tensor, bytes_tensor("OPTIONS", [options.to_json()])]

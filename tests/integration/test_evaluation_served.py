@@ -1,0 +1,37 @@
+"""The evaluation's `--served` path: attacks computed here, answers from the real endpoints
+(smoothguard / mllm for images, smoothguard_audio / mllm_audio for audio) over gRPC."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from smoothguard.evaluation import audio, run
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def test_served_image_evaluation(triton: Any, tmp_path: Path) -> None:
+    argv = ["--smoke", "--no-sweeps", "--served", triton.grpc_url, "--out", str(tmp_path)]
+    assert run.main(argv) == 0
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["path"] == f"served {triton.grpc_url}"
+    defended = saved["utility"]["defended"]
+    assert defended["model_calls_per_request"] == run.SMOKE["num_samples"]
+    assert defended["pope_accuracy"] >= 0.75
+    assert all("asr_defended" in row for row in saved["attacks"].values())
+
+
+def test_served_audio_evaluation(triton: Any, tmp_path: Path) -> None:
+    argv = ["--smoke", "--no-sweeps", "--served", triton.grpc_url, "--out", str(tmp_path)]
+    assert audio.main(argv) == 0
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["path"] == f"served {triton.grpc_url}"
+    for mode in ("undefended", "defended"):
+        assert saved["utility"][mode]["pope_accuracy"] >= 0.75, saved["utility"]
+    assert saved["utility"]["defended"]["model_calls_per_request"] == audio.SMOKE["num_samples"]
+    pgd = saved["attacks"]["pgd-0.02"]
+    assert pgd["accuracy_undefended"] < saved["utility"]["undefended"]["pope_accuracy"]
