@@ -12,10 +12,9 @@ restricted model-repository API the watchdog sends `smoothguard-admin-key: $ADMI
 from __future__ import annotations
 
 import argparse
+import logging
 import os
-import signal
 import sys
-import threading
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -24,6 +23,7 @@ sys.path.insert(0, str(REPO_ROOT / "build"))
 
 from render import RenderError, render  # noqa: E402
 from smoothguard.server import ServerPorts, TritonServer, server_environment  # noqa: E402
+from smoothguard.watchdog import supervise  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,7 +63,6 @@ def main(argv: list[str] | None = None) -> int:
         extra_args=args.server_args,
         watchdog=args.watchdog,
         admin_headers={"smoothguard-admin-key": key} if key else None,
-        log_to_console=True,
     )
     try:
         command = server.command()
@@ -73,31 +72,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"serve: gRPC :{ports.grpc}  HTTP :{ports.http}  metrics :{ports.metrics}", flush=True)
     if not args.watchdog:
         os.execve(command[0], command, server_environment())
-    return supervise(server)
-
-
-def supervise(server: TritonServer) -> int:
-    """Run the server as a child with the watchdog; a signal stops both, draining first."""
-    stopping = threading.Event()
-
-    def forward(signum: int, _frame: object) -> None:
-        stopping.set()
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    try:
-        server.start(timeout_s=float(os.environ.get("SMOOTHGUARD_START_TIMEOUT_S", 1800)))
-    except (RuntimeError, TimeoutError) as exc:
-        print(f"serve: error: {exc}", file=sys.stderr)
-        return 1
-    print("serve: ready; stub watchdog on", flush=True)
-    assert server.process is not None
-    while not stopping.wait(1.0):
-        if server.process.poll() is not None:
-            print(f"serve: tritonserver exited with {server.process.returncode}", flush=True)
-            return server.process.returncode or 1
-    code = server.stop(timeout_s=server.exit_timeout_s + 10)
-    return 0 if code is None else code
+    logging.basicConfig(level=logging.INFO, format="serve: %(message)s")
+    return supervise(
+        command,
+        env=server_environment(),
+        headers=server.admin_headers,
+        stop_timeout_s=server.exit_timeout_s + 10,
+    )
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from smoothguard.watchdog import StubWatchdog
 
@@ -123,8 +122,6 @@ class TritonServer:
     watchdog: bool = False
     watchdog_interval_s: float = 2.0
     admin_headers: dict[str, str] | None = None
-    # Server log to this process's stdout (containers) instead of a file under work_dir.
-    log_to_console: bool = False
     process: subprocess.Popen[bytes] | None = None
     stub_watchdog: StubWatchdog | None = None
 
@@ -157,11 +154,9 @@ class TritonServer:
 
     def start(self, timeout_s: float = 300.0) -> TritonServer:
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        log: Any = None  # inherit stdout
-        if not self.log_to_console:
-            log_path = self.log_path or self.work_dir / f"tritonserver-{self.ports.grpc}.log"
-            self.log_path = log_path
-            log = open(log_path, "wb")  # noqa: SIM115 - handed to the child process
+        log_path = self.log_path or self.work_dir / f"tritonserver-{self.ports.grpc}.log"
+        self.log_path = log_path
+        log = open(log_path, "wb")  # noqa: SIM115 - handed to the child process
         self.process = subprocess.Popen(
             self.command(),
             stdout=log,

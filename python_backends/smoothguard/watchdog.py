@@ -21,12 +21,17 @@ Stubs are found as the server's child processes running `triton_python_backend_s
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
+import os
+import signal
+import subprocess
 import threading
+import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePath
 from typing import Any
@@ -155,3 +160,102 @@ class StubWatchdog:
         body = {"parameters": {"config": json.dumps(config)}}
         self._call("POST", f"/v2/repository/models/{model}/load", body)
         log.warning("model %r reloaded with a fresh stub (restart %d)", model, generation)
+
+
+def _flag(args: Sequence[str], name: str, default: str) -> str:
+    """The value of `--name=value` or `--name value` in a tritonserver command line."""
+    for i, arg in enumerate(args):
+        if arg.startswith(f"--{name}="):
+            return arg.split("=", 1)[1]
+        if arg == f"--{name}" and i + 1 < len(args):
+            return args[i + 1]
+    return default
+
+
+def supervise(
+    command: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    headers: Mapping[str, str] | None = None,
+    interval_s: float = 2.0,
+    start_timeout_s: float = 1800.0,
+    stop_timeout_s: float = 60.0,
+) -> int:
+    """Run tritonserver (`command`) as a child with the stub watchdog, until it exits or this
+    process gets SIGTERM/SIGINT, which is forwarded (Triton drains in-flight requests)."""
+    modes = [a for a in command if a.startswith("--model-control-mode")]
+    if modes != ["--model-control-mode=explicit"]:
+        raise ValueError(
+            "the stub watchdog reloads models: run tritonserver with "
+            "--model-control-mode=explicit --load-model=*"
+        )
+    port = _flag(command, "http-port", "8000")
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    signal.signal(signal.SIGINT, lambda *_: stopping.set())
+    child = subprocess.Popen(list(command), env=None if env is None else dict(env))
+    ready_url = f"http://127.0.0.1:{port}/v2/health/ready"
+    deadline = time.monotonic() + start_timeout_s
+    dog: StubWatchdog | None = None
+    while not stopping.wait(1.0):
+        if child.poll() is not None:
+            log.error("tritonserver exited with %s", child.returncode)
+            break
+        if dog is None and _ready(ready_url):
+            dog = StubWatchdog(
+                child.pid, f"http://127.0.0.1:{port}", interval_s=interval_s, headers=headers
+            ).start()
+            log.warning("server ready; stub watchdog on (every %.0f s)", interval_s)
+        elif dog is None and time.monotonic() > deadline:
+            log.error("tritonserver not ready after %.0f s; stopping it", start_timeout_s)
+            stopping.set()
+    if dog is not None:
+        dog.stop()  # stubs exit on purpose from here on
+    if child.poll() is None:
+        child.send_signal(signal.SIGTERM)
+        try:
+            child.wait(stop_timeout_s)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait(10)
+    return child.returncode if child.returncode is not None else 1
+
+
+def _ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m smoothguard.watchdog [--interval S] -- tritonserver --model-repository=...`
+
+    For deployments that start tritonserver themselves (the NGC container): supervises it and
+    reloads models whose Python stub died. The admin header comes from $ADMIN_KEY if set.
+    """
+    parser = argparse.ArgumentParser(
+        description=main.__doc__.split("\n\n")[0] if main.__doc__ else ""
+    )
+    parser.add_argument("--interval", type=float, default=2.0, help="seconds between polls")
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="tritonserver and its flags")
+    args = parser.parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        parser.error("give the tritonserver command after --")
+    logging.basicConfig(level=logging.INFO, format="watchdog: %(message)s")
+    key = os.environ.get("ADMIN_KEY")
+    try:
+        return supervise(
+            command,
+            headers={"smoothguard-admin-key": key} if key else None,
+            interval_s=args.interval,
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
