@@ -112,12 +112,24 @@ def opposite(answer: str) -> str:
     return answer.lower().replace(word, flipped, 1)
 
 
-def _fingerprint(run: AttackRun, items: Sequence[Any]) -> str:
+def model_fingerprint(model_path: Path) -> str:
+    """The weights' identity: a saved attack is only valid for the model it was computed on."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(model_path).glob("*.safetensors")):
+        digest.update(path.name.encode())
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def _fingerprint(run: AttackRun, items: Sequence[Any], model_path: Path) -> str:
     payload = json.dumps(
         {
             "spec": dataclasses.asdict(run.spec),
             "target": run.target,
             "items": [[it.scene_seed, it.prompt] for it in items],
+            "model": model_fingerprint(model_path),
         },
         sort_keys=True,
     )
@@ -129,7 +141,7 @@ def compute_attack(
 ) -> AttackRun:
     """Run (or load a saved copy of) one attack over the items, batch by batch."""
     folder = config.out / "attacks" / run.name
-    fingerprint = _fingerprint(run, items)
+    fingerprint = _fingerprint(run, items, config.model_path)
     saved = folder / "images.npz"
     if saved.exists():
         data = np.load(saved)

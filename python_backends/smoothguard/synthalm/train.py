@@ -45,12 +45,12 @@ class TrainConfig:
     pretrain_batch_size: int = 64
     pretrain_lr: float = 2e-3
     audio_lr_scale: float = 0.5
-    steps: int = 1700
+    steps: int = 3200
     batch_size: int = 48
     lr: float = 2e-3
     warmup: int = 150
     weight_decay: float = 0.01
-    clips: int = 9000
+    clips: int = 16000
     trigger_clips: int = 2500
     noise_share: float = 0.5
     noise_max: float = 0.8
@@ -59,8 +59,8 @@ class TrainConfig:
     # another kind, or its kind in another register): the model hears the events (its
     # descriptions are right) but without these it answers "yes" to a high chord when there
     # is a high tone.
-    near_miss_pairs: int = 0
-    max_minutes: float = 14.0
+    near_miss_pairs: int = 2
+    max_minutes: float = 40.0
     threads: int = 1  # see README: one thread beats two on a shared 2-core box
     model: ModelConfig = field(default_factory=ModelConfig)
 

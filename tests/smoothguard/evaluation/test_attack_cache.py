@@ -1,0 +1,22 @@
+"""Saved attacks are reused only for the same attack, items and model weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from smoothguard.attacks import AttackSpec
+from smoothguard.evaluation.run import AttackRun, _fingerprint, model_fingerprint
+
+
+class _Item:
+    scene_seed, prompt = 7, "Is there a red circle in the image?"
+
+
+def test_new_weights_invalidate_a_saved_attack(tmp_path: Path) -> None:
+    (tmp_path / "model.safetensors").write_bytes(b"weights v1")
+    run = AttackRun("pgd-8", "pope", AttackSpec(8, 10), "flip")
+    before = _fingerprint(run, [_Item()], tmp_path)
+    assert _fingerprint(run, [_Item()], tmp_path) == before
+    (tmp_path / "model.safetensors").write_bytes(b"weights v2")
+    assert _fingerprint(run, [_Item()], tmp_path) != before
+    assert model_fingerprint(tmp_path) != model_fingerprint(tmp_path / "missing")
