@@ -3,10 +3,10 @@
 Triton 2.51's Python backend never restarts a stub that was killed (OOM killer, a segfault in
 a native library, an operator's `kill`): the model still reports READY and every later request
 to that instance fails with "Stub process '<instance>' is not healthy". The watchdog watches
-the server's stub processes and, when one exits while its model is READY, reloads that model
-through the model-repository API. The reload loads a fresh instance beside the broken one and
-swaps it in (Triton's usual reload: no window where the model is missing), so only requests
-that were on the dead stub fail.
+the server's stub processes and, when one exits while its model is loaded (READY in the
+repository index), reloads that model through the model-repository API. The reload loads a
+fresh instance beside the broken one and swaps it in (Triton's usual reload: no window where
+the model is missing), so only requests that were on the dead stub fail.
 
 A plain `load_model(name)` is a no-op for a model whose files have not changed, so the
 watchdog passes the model's own config back with one parameter changed
@@ -145,11 +145,14 @@ class StubWatchdog:
         return json.loads(payload) if payload else None
 
     def _model_ready(self, model: str) -> bool:
+        """Loaded and meant to serve, by the repository index (model lifecycle state), not by
+        the readiness endpoint: newer Python backends report a model with a dead stub as not
+        ready, and that is exactly the model to reload; an unloaded one is UNAVAILABLE."""
         try:
-            self._call("GET", f"/v2/models/{model}/ready")
-        except (urllib.error.URLError, OSError):  # HTTPError (not ready) is a URLError
+            index = self._call("POST", "/v2/repository/index", {})
+        except (urllib.error.URLError, OSError, ValueError):
             return False
-        return True
+        return any(m.get("name") == model and m.get("state") == "READY" for m in index or [])
 
     def _reload(self, model: str) -> None:
         config = self._call("GET", f"/v2/models/{model}/config")

@@ -202,6 +202,10 @@ def test_docker_compose() -> None:
     assert server["depends_on"]["engine-build"]["condition"] == "service_completed_successfully"
     assert any(str(v).endswith(":/models") or ":/models:" in str(v) for v in server["volumes"])
     assert "--model-repository=/models/repo" in server["command"]
+    # supervised by the stub watchdog, which needs explicit model control
+    assert server["command"][:5] == ["python3", "-m", "smoothguard.watchdog", "--", "tritonserver"]
+    assert "--model-control-mode=explicit" in server["command"]
+    assert "psutil==" in " ".join(builder["command"])
     assert any("cuda-memory-pool-byte-size" in c for c in server["command"])
     command = " ".join(builder["command"])
     assert "build/render.py --profile gpu" in command and "build_engines.py" in command

@@ -421,7 +421,17 @@ def test_gpu_overlay() -> None:
     objs = render("gpu")
     container = triton_container(objs)
     assert container["image"] == "nvcr.io/nvidia/tritonserver:25.08-trtllm-python-py3"
-    assert container["command"][0] == "tritonserver"
+    assert container["command"][:5] == [
+        "python3",
+        "-m",
+        "smoothguard.watchdog",
+        "--",
+        "tritonserver",
+    ]
+    assert "/models/pydeps" in {e["name"]: e for e in container["env"]}["PYTHONPATH"]["value"]
+    assert (
+        "psutil==" in one(objs, "Job")["spec"]["template"]["spec"]["containers"][0]["command"][-1]
+    )
     assert flag_values(triton_flags(objs), "model-repository") == ["/models/repo"]
     for section in ("requests", "limits"):
         assert container["resources"][section]["nvidia.com/gpu"] == 1

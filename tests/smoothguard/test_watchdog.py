@@ -106,3 +106,18 @@ def test_the_server_runs_in_explicit_mode_when_watched(tmp_path: Any) -> None:
     assert chosen.count("--model-control-mode=explicit") == 1
     with pytest.raises(ValueError, match="explicit"):
         command(watchdog=True, extra_args=["--model-control-mode=none"])
+
+
+def test_supervise_refuses_a_server_it_could_not_reload_models_on() -> None:
+    with pytest.raises(ValueError, match="explicit"):
+        watchdog.supervise(["tritonserver", "--model-repository=/m"])
+    with pytest.raises(ValueError, match="explicit"):
+        watchdog.supervise(["tritonserver", "--model-control-mode=none"])
+    with pytest.raises(SystemExit):
+        watchdog.main(["--"])  # no command
+
+
+def test_http_port_is_read_from_the_server_flags() -> None:
+    assert watchdog._flag(["tritonserver", "--http-port=9000"], "http-port", "8000") == "9000"
+    assert watchdog._flag(["tritonserver", "--http-port", "9001"], "http-port", "8000") == "9001"
+    assert watchdog._flag(["tritonserver"], "http-port", "8000") == "8000"
