@@ -77,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         command,
         env=server_environment(),
         headers=server.admin_headers,
+        drain_timeout_s=server.exit_timeout_s,
         stop_timeout_s=server.exit_timeout_s + 10,
     )
 

@@ -44,6 +44,25 @@ STUB_NAME = "triton_python_backend_stub"
 GENERATION_PARAMETER = "watchdog_generation"
 
 
+def http_call(
+    base_url: str,
+    method: str,
+    path: str,
+    body: dict[str, Any] | None = None,
+    *,
+    headers: Mapping[str, str] | None = None,
+    timeout_s: float = 30.0,
+) -> Any:
+    """One call to Triton's HTTP API (local, plain HTTP even when gRPC uses TLS)."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(
+        f"{base_url}{path}", data=data, method=method, headers=dict(headers or {})
+    )
+    with urllib.request.urlopen(request, timeout=timeout_s) as response:
+        payload = response.read()
+    return json.loads(payload) if payload else None
+
+
 def stub_model(cmdline: list[str]) -> str | None:
     """The model a stub serves, from its command line (None for other processes)."""
     if not cmdline or PurePath(cmdline[0]).name != STUB_NAME:
@@ -135,14 +154,9 @@ class StubWatchdog:
         return reloaded
 
     def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        """One call to Triton's HTTP API (local, plain HTTP even when gRPC uses TLS)."""
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(
-            f"{self.http_url}{path}", data=data, method=method, headers=dict(self.headers or {})
+        return http_call(
+            self.http_url, method, path, body, headers=self.headers, timeout_s=self.reload_timeout_s
         )
-        with urllib.request.urlopen(request, timeout=self.reload_timeout_s) as response:
-            payload = response.read()
-        return json.loads(payload) if payload else None
 
     def _model_ready(self, model: str) -> bool:
         """Loaded and meant to serve, by the repository index (model lifecycle state), not by
@@ -182,10 +196,12 @@ def supervise(
     headers: Mapping[str, str] | None = None,
     interval_s: float = 2.0,
     start_timeout_s: float = 1800.0,
+    drain_timeout_s: float = 30.0,
     stop_timeout_s: float = 60.0,
 ) -> int:
     """Run tritonserver (`command`) as a child with the stub watchdog, until it exits or this
-    process gets SIGTERM/SIGINT, which is forwarded (Triton drains in-flight requests)."""
+    process gets SIGTERM/SIGINT. Then the requests inside the ensembles are waited for (up to
+    `drain_timeout_s`, see EnsembleDrain) before SIGTERM goes to tritonserver."""
     modes = [a for a in command if a.startswith("--model-control-mode")]
     if modes != ["--model-control-mode=explicit"]:
         raise ValueError(
@@ -200,6 +216,7 @@ def supervise(
     ready_url = f"http://127.0.0.1:{port}/v2/health/ready"
     deadline = time.monotonic() + start_timeout_s
     dog: StubWatchdog | None = None
+    drain = EnsembleDrain(f"http://127.0.0.1:{port}", headers)
     while not stopping.wait(1.0):
         if child.poll() is not None:
             log.error("tritonserver exited with %s", child.returncode)
@@ -209,11 +226,21 @@ def supervise(
                 child.pid, f"http://127.0.0.1:{port}", interval_s=interval_s, headers=headers
             ).start()
             log.warning("server ready; stub watchdog on (every %.0f s)", interval_s)
+            try:
+                drain.discover()
+            except (urllib.error.URLError, OSError, ValueError, KeyError) as exc:
+                log.warning("cannot list the ensembles (%s); shutdown will not wait for them", exc)
         elif dog is None and time.monotonic() > deadline:
             log.error("tritonserver not ready after %.0f s; stopping it", start_timeout_s)
             stopping.set()
     if dog is not None:
         dog.stop()  # stubs exit on purpose from here on
+    if child.poll() is None and drain.first_steps:
+        try:
+            left = drain.wait(drain_timeout_s)
+            log.warning("drained; %d ensemble requests still in flight", left)
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            log.warning("drain failed (%s); stopping anyway", exc)
     if child.poll() is None:
         child.send_signal(signal.SIGTERM)
         try:
@@ -222,6 +249,57 @@ def supervise(
             child.kill()
             child.wait(10)
     return child.returncode if child.returncode is not None else 1
+
+
+class EnsembleDrain:
+    """Counts the requests inside the server's ensembles, so a shutdown can wait for them.
+
+    Triton 2.51's own drain (SIGTERM, --exit-timeout-secs) waits for in-flight inferences
+    but at once stops every model's scheduler from taking new requests, and an ensemble's
+    next step is a new request: a defended request caught between steps fails with
+    "Server is stopping" (triton-inference-server/server#6287 is the BLS form of it). So the
+    supervisor waits here first, while the server still works normally, and only then sends
+    SIGTERM. In flight = requests the ensembles' first steps have finished or failed minus
+    the ones the ensembles have finished or failed (Triton's statistics API), which assumes
+    nothing but the ensembles calls their first steps.
+    """
+
+    def __init__(self, http_url: str, headers: Mapping[str, str] | None = None) -> None:
+        self.http_url, self.headers = http_url, headers
+        self.first_steps: dict[str, str] = {}  # ensemble -> the model of its first step
+
+    def discover(self) -> dict[str, str]:
+        index = http_call(self.http_url, "POST", "/v2/repository/index", {}, headers=self.headers)
+        for entry in index or []:
+            name = entry.get("name")
+            if entry.get("state") != "READY" or not name:
+                continue
+            config = http_call(
+                self.http_url, "GET", f"/v2/models/{name}/config", headers=self.headers
+            )
+            if config.get("platform") == "ensemble":
+                self.first_steps[name] = config["ensemble_scheduling"]["step"][0]["model_name"]
+        return self.first_steps
+
+    def in_flight(self) -> int:
+        stats = http_call(self.http_url, "GET", "/v2/models/stats", headers=self.headers)
+        done: dict[str, int] = {}
+        for model in stats.get("model_stats", []):
+            inference = model.get("inference_stats", {})
+            count = sum(int(inference.get(k, {}).get("count", 0)) for k in ("success", "fail"))
+            done[model["name"]] = done.get(model["name"], 0) + count
+        started = sum(done.get(first, 0) for first in set(self.first_steps.values()))
+        return started - sum(done.get(ensemble, 0) for ensemble in self.first_steps)
+
+    def wait(self, timeout_s: float, poll_s: float = 0.2, baseline: int = 0) -> int:
+        """Block until no ensemble request is in flight or `timeout_s` passes; the count left.
+        `baseline`: the count at a quiet moment (direct calls to a first step add to it)."""
+        deadline = time.monotonic() + timeout_s
+        left = self.in_flight() - baseline
+        while left > 0 and time.monotonic() < deadline:
+            time.sleep(poll_s)
+            left = self.in_flight() - baseline
+        return left
 
 
 def _ready(url: str) -> bool:
@@ -250,10 +328,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="watchdog: %(message)s")
     key = os.environ.get("ADMIN_KEY")
     try:
+        exit_timeout = float(_flag(command, "exit-timeout-secs", "30"))
         return supervise(
             command,
             headers={"smoothguard-admin-key": key} if key else None,
             interval_s=args.interval,
+            drain_timeout_s=exit_timeout,
+            stop_timeout_s=exit_timeout + 10,
         )
     except ValueError as exc:
         parser.error(str(exc))

@@ -21,6 +21,7 @@ from tritonclient.utils import InferenceServerException
 from smoothguard.server import TritonServer
 from smoothguard.settings import RequestOptions
 from smoothguard.synthpope import generate_split
+from smoothguard.watchdog import EnsembleDrain
 from smoothguard_client import RetryPolicy, SmoothGuardClient
 
 pytestmark = pytest.mark.integration
@@ -188,11 +189,16 @@ def test_client_disconnect_mid_call_leaves_the_server_healthy(fault_server: Trit
     assert_serving(client)
 
 
-def test_sigterm_drains_in_flight_requests(fault_server: TritonServer) -> None:
-    """Triton's --exit-timeout-secs lets accepted requests finish after SIGTERM."""
+def test_sigterm_after_the_drain_answers_in_flight_requests(fault_server: TritonServer) -> None:
+    """What serve.py / `python -m smoothguard.watchdog` do on SIGTERM: wait for the requests
+    inside the ensembles (EnsembleDrain), then SIGTERM tritonserver. (Triton's own drain alone
+    refuses an in-flight request's next ensemble step: "Server is stopping".)"""
     if fault_server.process is None or fault_server.process.poll() is not None:
         fault_server.start(timeout_s=240)
     client = grpcclient.InferenceServerClient(url(fault_server))
+    drain = EnsembleDrain(f"http://127.0.0.1:{fault_server.ports.http}")
+    assert drain.discover() == {"smoothguard": "noise", "smoothguard_audio": "noise_audio"}
+    quiet = drain.in_flight()  # other tests here call `noise` directly
     results: dict[int, Any] = {}
 
     def one(index: int) -> None:
@@ -205,12 +211,16 @@ def test_sigterm_drains_in_flight_requests(fault_server: TritonServer) -> None:
     workers = [threading.Thread(target=one, args=(i,)) for i in range(4)]
     for worker in workers:
         worker.start()
-    time.sleep(0.3)
+    deadline = time.monotonic() + 30  # all four past the first step, none finished yet
+    while drain.in_flight() - quiet < 4 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert drain.in_flight() - quiet == 4, "the requests were not in flight together"
+    assert drain.wait(timeout_s=60, baseline=quiet) == 0
     assert fault_server.process is not None
     fault_server.process.send_signal(signal.SIGTERM)
     for worker in workers:
         worker.join(TIMEOUT_S + 10)
-    failed = {i: r for i, r in results.items() if isinstance(r, Exception)}
+    failed = {i: r.message() for i, r in results.items() if isinstance(r, Exception)}
     assert len(results) == 4 and not failed, failed
     code = fault_server.process.wait(fault_server.exit_timeout_s + 20)
     assert code == 0, fault_server.log_tail()

@@ -1,6 +1,6 @@
 """build/serve.py as deployments run it (`make serve`, the cpu Kubernetes overlay): it
-supervises tritonserver, the stub watchdog brings back a model whose stub was killed, and
-SIGTERM drains and exits 0."""
+supervises tritonserver, the stub watchdog brings back a model whose stub was killed, and on
+SIGTERM the requests in flight are answered before the server stops."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,8 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from smoothguard.watchdog import live_stubs
+from smoothguard.synthpope import generate_split
+from smoothguard.watchdog import EnsembleDrain, live_stubs
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -36,6 +38,22 @@ def _embed(client: grpcclient.InferenceServerClient) -> Any:
     text = grpcclient.InferInput("TEXT", [1, 1], "BYTES")
     text.set_data_from_numpy(np.array([[b"a low tone"]], np.object_))
     return client.infer("embedder", [text], client_timeout=60)
+
+
+def _heavy() -> list[Any]:
+    """A defended request that keeps the model busy for seconds (N=64, 64 new tokens)."""
+    image = generate_split("test", 1)[0].image
+    inputs = []
+    for name, array, wire in (
+        ("IMAGE", image, "UINT8"),
+        ("PROMPT", np.array([b"Describe the image."], np.object_), "BYTES"),
+        ("NUM_SAMPLES", np.array([64], np.int32), "INT32"),
+        ("MAX_NEW_TOKENS", np.array([64], np.int32), "INT32"),
+    ):
+        tensor = grpcclient.InferInput(name, list(array.shape), wire)
+        tensor.set_data_from_numpy(array)
+        inputs.append(tensor)
+    return inputs
 
 
 def _wait(check: Any, timeout_s: float, what: str) -> None:
@@ -74,8 +92,31 @@ def test_serve_supervises_and_heals(tmp_path: Path) -> None:
         _wait(lambda: _embed(client) is not None, 180, "embedder did not come back")
         assert embedder_stub not in live_stubs(server.pid)
         assert "reloaded with a fresh stub" in (tmp_path / "serve.log").read_text()
+        # SIGTERM with four defended requests between ensemble steps: serve.py drains them
+        # before it stops tritonserver, so all four are answered.
+        drain = EnsembleDrain(f"http://127.0.0.1:{http}")
+        drain.discover()
+        results: dict[int, Any] = {}
+
+        def one(index: int) -> None:
+            try:
+                results[index] = client.infer("smoothguard", _heavy(), client_timeout=120)
+            except InferenceServerException as exc:
+                results[index] = exc
+
+        workers = [threading.Thread(target=one, args=(i,)) for i in range(4)]
+        for worker in workers:
+            worker.start()
+        deadline = time.monotonic() + 60
+        while drain.in_flight() < 4 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert drain.in_flight() == 4, "four requests were not in flight together"
         serve.send_signal(signal.SIGTERM)
-        code = serve.wait(90)  # Triton's exit timeout (30 s) bounds the drain
+        for worker in workers:
+            worker.join(150)
+        failed = {i: r.message() for i, r in results.items() if isinstance(r, Exception)}
+        assert len(results) == 4 and not failed, failed
+        code = serve.wait(90)  # drain (<= 30 s) + Triton's exit
         text = (tmp_path / "serve.log").read_text()
         assert "Signal (15) received" in text, text[-3000:]
         assert not server.is_running() or server.status() == psutil.STATUS_ZOMBIE
