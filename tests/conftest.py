@@ -6,7 +6,7 @@ import json
 import os
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,6 +66,12 @@ def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
         yield running
     finally:
         running.server.stop()
+
+
+@pytest.fixture(scope="session")
+def server_ports() -> Callable[[], ServerPorts]:
+    """Three free ports for a server a test starts itself."""
+    return lambda: ServerPorts(http=free_port(), grpc=free_port(), metrics=free_port())
 
 
 @pytest.fixture(scope="session")

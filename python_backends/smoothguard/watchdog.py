@@ -110,6 +110,10 @@ class StubWatchdog:
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
+    def __post_init__(self) -> None:
+        if not self.interval_s > 0:
+            raise ValueError(f"interval_s must be positive, got {self.interval_s}")
+
     def start(self) -> StubWatchdog:
         self._known = live_stubs(self.server_pid)
         self._thread = threading.Thread(target=self._run, name="stub-watchdog", daemon=True)
@@ -325,6 +329,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         parser.error("give the tritonserver command after --")
+    if not args.interval > 0:
+        parser.error(f"--interval must be positive, got {args.interval}")
     logging.basicConfig(level=logging.INFO, format="watchdog: %(message)s")
     key = os.environ.get("ADMIN_KEY")
     try:

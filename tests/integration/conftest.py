@@ -4,7 +4,6 @@ and helpers to find the server's Python backend stub processes."""
 from __future__ import annotations
 
 import shutil
-import socket
 import string
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -53,21 +52,17 @@ def stub_processes(server_pid: int, model: str) -> list[psutil.Process]:
     return [psutil.Process(p) for p, m in live_stubs(server_pid).items() if m == model]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
-def fault_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
+def fault_server(
+    tmp_path_factory: pytest.TempPathFactory, server_ports: Callable[[], ServerPorts]
+) -> Iterator[TritonServer]:
     """The cpu repository plus the test-only faulty models, on fixed ports so that tests may
     stop and restart it (one per test module)."""
     from render import render
 
     tmp = tmp_path_factory.mktemp("faults")
     repo = add_fault_models(render("cpu", tmp / "repo", ["defense.max_image_pixels=262144"]))
-    ports = ServerPorts(http=_free_port(), grpc=_free_port(), metrics=_free_port())
+    ports = server_ports()
     server = TritonServer(
         repo, ports=ports, work_dir=tmp / "server", exit_timeout_s=30, watchdog=True
     )

@@ -4,6 +4,7 @@ SIGTERM the requests in flight are answered before the server stops."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -24,14 +25,6 @@ from smoothguard.watchdog import EnsembleDrain, live_stubs
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def _port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _embed(client: grpcclient.InferenceServerClient) -> Any:
@@ -69,8 +62,8 @@ def _wait(check: Any, timeout_s: float, what: str) -> None:
     pytest.fail(f"{what} within {timeout_s} s: {last}")
 
 
-def test_serve_supervises_and_heals(tmp_path: Path) -> None:
-    http, grpc, metrics = _port(), _port(), _port()
+def test_serve_supervises_and_heals(tmp_path: Path, server_ports: Any) -> None:
+    http, grpc, metrics = dataclasses.astuple(server_ports())
     log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 - the child's output
     serve = subprocess.Popen(
         [

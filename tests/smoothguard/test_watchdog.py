@@ -115,6 +115,10 @@ def test_supervise_refuses_a_server_it_could_not_reload_models_on() -> None:
         watchdog.supervise(["tritonserver", "--model-control-mode=none"])
     with pytest.raises(SystemExit):
         watchdog.main(["--"])  # no command
+    with pytest.raises(SystemExit):
+        watchdog.main(["--interval", "0", "--", "tritonserver"])
+    with pytest.raises(ValueError, match="interval_s"):
+        StubWatchdog(1, "http://127.0.0.1:1", interval_s=-1)
 
 
 def test_http_port_is_read_from_the_server_flags() -> None:

@@ -5,13 +5,12 @@ device and leave by DLPack, so the N images never pass through host memory; on C
 NumPy, unchanged.
 """
 
-import triton_python_backend_utils as pb_utils
-
 from smoothguard.noise import make_rng, noisy_copies
 from smoothguard.preprocess import ImagePreprocessor
 from smoothguard.settings import DefenseSettings
 from smoothguard.validation import decode_prompt, image_from_inputs
-from smoothguard.xp import get_xp, is_cupy
+from smoothguard.xp import get_xp
+from smoothguard_triton.dlpack import output_tensor
 from smoothguard_triton.glue import (
     bytes_tensor,
     model_parameters,
@@ -56,16 +55,9 @@ class TritonPythonModel:
             rng=make_rng(self.xp, options.seed),
         )
         return [
-            _pixel_tensor(copies),
+            output_tensor("PIXEL_VALUES", copies),
             bytes_tensor("OPTIONS", [options.to_json()]),
         ]
-
-
-def _pixel_tensor(copies):
-    """PIXEL_VALUES without a host copy: DLPack shares the CuPy buffer with Triton."""
-    if is_cupy(copies):
-        return pb_utils.Tensor.from_dlpack("PIXEL_VALUES", copies)
-    return pb_utils.Tensor("PIXEL_VALUES", copies)
 
 
 def _load_preprocessor(params):

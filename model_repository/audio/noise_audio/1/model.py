@@ -2,13 +2,12 @@
 noisy waveforms), the audio twin of noise/1/model.py. Sigma is relative to the clip's RMS by
 default (defense.audio_noise_unit; see smoothguard.audio)."""
 
-import triton_python_backend_utils as pb_utils
-
 from smoothguard.audio import AudioPreprocessor, audio_from_inputs, noisy_copies
 from smoothguard.noise import make_rng
 from smoothguard.settings import DefenseSettings
 from smoothguard.validation import decode_prompt
-from smoothguard.xp import get_xp, is_cupy
+from smoothguard.xp import get_xp
+from smoothguard_triton.dlpack import output_tensor
 from smoothguard_triton.glue import (
     bytes_tensor,
     model_parameters,
@@ -53,9 +52,4 @@ class TritonPythonModel:
             clip=s.clip,
             rng=make_rng(self.xp, options.seed),
         )
-        tensor = (
-            pb_utils.Tensor.from_dlpack("AUDIO_VALUES", copies)
-            if is_cupy(copies)
-            else pb_utils.Tensor("AUDIO_VALUES", copies)
-        )
-        return [tensor, bytes_tensor("OPTIONS", [options.to_json()])]
+        return [output_tensor("AUDIO_VALUES", copies), bytes_tensor("OPTIONS", [options.to_json()])]
