@@ -5,7 +5,8 @@ L-inf by `eps` (8/255 means eight grey levels), and return uint8 images on that 
 attack computed once replays bit-exactly through the served endpoint (which resizes an image
 already at the model's resolution to itself).
 
-- `pgd`: per-image PGD ascending log p(push answers) - log p(pull answers); untargeted
+- `pgd`: per-image PGD ascending log p(push answers) - log p(pull answers), cosine-decayed
+  step size, each input's best iterate kept; untargeted
   yes/no flipping pushes the wrong answer and pulls the gold one, the targeted jailbreak-style
   attack pushes the harmful marker.
 - `universal=True`: one perturbation shared by every image of the batch.
@@ -19,6 +20,7 @@ waveform itself (smoothguard.synthalm.model.WaveformDomain), with `eps` in its u
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +29,11 @@ import numpy as np
 import torch
 
 from smoothguard.noise import normalized_sigma
+
+# Bumped whenever `pgd` changes what it computes for the same spec, so that saved attacks
+# (smoothguard.evaluation) made by an older algorithm are recomputed, not replayed.
+# 2: cosine-decayed 2 eps steps, best iterate kept per input.
+ALGORITHM_REVISION = 2
 
 
 @dataclass(frozen=True)
@@ -43,8 +50,15 @@ class AttackSpec:
 
     @property
     def alpha(self) -> float:
-        """Step size: 2.5 eps / steps lets PGD cross the ball and still refine (Madry et al.)."""
-        return self.step_size if self.step_size is not None else 2.5 * self.eps / self.steps
+        """First step size, 2 eps unless given: PGD's sign steps then sweep the whole ball
+        early (escaping the flat start) and the cosine decay below refines the end (as APGD
+        does). On SynthVLM's POPE items (64, eps 8/255, 40 steps) undefended accuracy after the
+        attack was 25% with the old fixed 2.5 eps / steps, 12.5% with eps / 2, 7.8% with 2 eps."""
+        return self.step_size if self.step_size is not None else 2.0 * self.eps
+
+    def step_at(self, step: int) -> float:
+        """Cosine-decayed step size for step `step` of `steps`."""
+        return self.alpha * 0.5 * (1.0 + math.cos(math.pi * step / self.steps))
 
 
 class _Normalizer:
@@ -124,9 +138,10 @@ def _objective(
     spec: AttackSpec,
     generator: torch.Generator,
 ) -> torch.Tensor:
+    """[B] per input: log p(push) - log p(pull), averaged over the EOT noise draws."""
     values = domain.model_input(x)
+    k = max(spec.eot_samples, 1)
     if spec.eot_samples > 0:
-        k = spec.eot_samples
         values = domain.noisy(values, k, spec.sigma, generator)
         prompts, push, pull = (None if s is None else list(s) * k for s in (prompts, push, pull))
     total = torch.zeros(values.shape[0])
@@ -134,7 +149,7 @@ def _objective(
         total = total + model.answer_logprob(values, prompts, push)
     if pull is not None:
         total = total - model.answer_logprob(values, prompts, pull)
-    return total.sum() / max(spec.eot_samples, 1)
+    return total.reshape(k, -1).mean(dim=0)
 
 
 def pgd(
@@ -162,15 +177,26 @@ def pgd(
     else:
         delta = torch.zeros(shape)
     delta = (domain.project(x + delta) - x) if not spec.universal else delta
-    for _ in range(spec.steps):
+    best_delta = delta.clone()
+    best = torch.full((1,) if spec.universal else (x.shape[0],), -float("inf"))
+    for step in range(spec.steps + 1):
         delta.requires_grad_(True)
         adv = domain.project(x + delta)
-        objective = _objective(model, domain, adv, prompts, push, pull, spec, generator)
-        (grad,) = torch.autograd.grad(objective, delta)
+        per_input = _objective(model, domain, adv, prompts, push, pull, spec, generator)
         with torch.no_grad():
-            delta = (delta + spec.alpha * grad.sign()).clamp(-spec.eps, spec.eps)
+            # Keep each input's best iterate: a fixed-step PGD ends wherever it oscillates.
+            score = per_input.detach().sum().reshape(1) if spec.universal else per_input.detach()
+            better = score > best
+            best = torch.where(better, score, best)
+            mask = better.view(-1, *([1] * (delta.dim() - 1)))
+            best_delta = torch.where(mask, delta.detach(), best_delta)
+        if step == spec.steps:
+            break
+        (grad,) = torch.autograd.grad(per_input.sum(), delta)
+        with torch.no_grad():
+            delta = (delta + spec.step_at(step) * grad.sign()).clamp(-spec.eps, spec.eps)
             if not spec.universal:
                 delta = domain.project(x + delta) - x
         if progress is not None:
             progress(1)
-    return domain.decode(domain.project(x + delta.detach()))
+    return domain.decode(domain.project(x + best_delta))

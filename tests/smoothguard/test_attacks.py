@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from smoothguard.attacks import AttackSpec, pgd, to_unit_pixels
 from smoothguard.evaluation.run import opposite
@@ -74,3 +76,49 @@ def test_opposite() -> None:
     assert opposite("yes") == "no" and opposite("no") == "yes"
     with pytest.raises(ValueError):
         opposite("maybe")
+
+
+class _Line:
+    """A model whose objective is known in closed form: log p(push) = -(x - 0.3)^2 per input,
+    on a one-number input domain, so every visited iterate can be scored exactly."""
+
+    def __init__(self) -> None:
+        self.seen: list[np.ndarray] = []
+
+    def attack_domain(self) -> _Line:
+        return self
+
+    def encode(self, inputs: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(inputs, np.float32)).reshape(-1, 1)
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        return x.clamp(-1.0, 1.0)
+
+    def model_input(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def decode(self, x: torch.Tensor) -> np.ndarray:
+        return x.detach().numpy().reshape(-1)
+
+    def answer_logprob(
+        self, values: torch.Tensor, prompts: object, answers: object
+    ) -> torch.Tensor:
+        score = -((values[:, 0] - 0.3) ** 2)
+        self.seen.append(score.detach().numpy().copy())
+        return score
+
+
+def test_pgd_returns_each_inputs_best_iterate() -> None:
+    line = _Line()
+    spec = AttackSpec(eps=1.0, steps=5, seed=1)
+    out = pgd(line, np.zeros(4, np.float32), ["q"] * 4, push=["a"] * 4, spec=spec)
+    best = np.max(np.stack(line.seen), axis=0)
+    np.testing.assert_allclose(-((out - 0.3) ** 2), best, rtol=0, atol=1e-6)
+
+
+def test_step_size_starts_at_two_eps_and_decays_to_zero() -> None:
+    spec = AttackSpec(eps=8 / 255, steps=40)
+    sizes = [spec.step_at(t) for t in range(spec.steps + 1)]
+    assert sizes[0] == pytest.approx(2 * spec.eps) and sizes[-1] == pytest.approx(0, abs=1e-12)
+    assert all(a >= b for a, b in itertools.pairwise(sizes))
+    assert AttackSpec(eps=0.1, step_size=0.01).step_at(0) == pytest.approx(0.01)

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from smoothguard.attacks import AttackSpec, pgd
+from smoothguard.attacks import ALGORITHM_REVISION, AttackSpec, pgd
 from smoothguard.evaluation.answerers import Answer, Answerer, InProcessAnswerer, ServedAnswerer
 from smoothguard.evaluation.report import write_report
 from smoothguard.settings import DefenseSettings
@@ -127,6 +127,7 @@ def _fingerprint(run: AttackRun, items: Sequence[Any], model_path: Path) -> str:
     payload = json.dumps(
         {
             "spec": dataclasses.asdict(run.spec),
+            "algorithm": ALGORITHM_REVISION,
             "target": run.target,
             "items": [[it.scene_seed, it.prompt] for it in items],
             "model": model_fingerprint(model_path),

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from smoothguard.attacks import AttackSpec
+from smoothguard.evaluation import run as evaluation_run
 from smoothguard.evaluation.run import AttackRun, _fingerprint, model_fingerprint
 
 
@@ -20,3 +23,13 @@ def test_new_weights_invalidate_a_saved_attack(tmp_path: Path) -> None:
     (tmp_path / "model.safetensors").write_bytes(b"weights v2")
     assert _fingerprint(run, [_Item()], tmp_path) != before
     assert model_fingerprint(tmp_path) != model_fingerprint(tmp_path / "missing")
+
+
+def test_a_new_attack_algorithm_invalidates_a_saved_attack(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "model.safetensors").write_bytes(b"weights")
+    run = AttackRun("pgd-8", "pope", AttackSpec(8, 10), "flip")
+    before = _fingerprint(run, [_Item()], tmp_path)
+    monkeypatch.setattr(evaluation_run, "ALGORITHM_REVISION", evaluation_run.ALGORITHM_REVISION + 1)
+    assert _fingerprint(run, [_Item()], tmp_path) != before
