@@ -4,15 +4,18 @@
     python benchmarks/serving_bench.py --concurrency 1 2 --requests 10 --out var/bench-quick
 
 Starts the real tritonserver with the cpu profile, writes perf_analyzer input files made of
-SynthPOPE test images, measures `mllm` (one model call) and `smoothguard` (N model calls) at
-each concurrency, then times the in-process pipeline on the same inputs so the serving
-overhead is visible. Results: results.json, results.md and latency_vs_throughput.png.
+SynthPOPE test images, measures `mllm` (one model call), `smoothguard` (N model calls) and
+`smoothguard` with adaptive sampling (request input ADAPTIVE=true: a first round of
+defense.adaptive_initial copies, all N only on disagreement) at each concurrency, then times
+the in-process pipeline on the same inputs so the serving overhead is visible. Results:
+results.json, results.md and latency_vs_throughput.png.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import platform
 import subprocess
@@ -52,12 +55,21 @@ def workload(n_items: int) -> list[tuple[np.ndarray, str]]:
     ]
 
 
+# Series measured side by side: (label, Triton model, adaptive sampling requested).
+SERIES: tuple[tuple[str, str, bool], ...] = (
+    ("mllm", "mllm", False),
+    ("smoothguard", "smoothguard", False),
+    ("smoothguard adaptive", "smoothguard", True),
+)
+
+
 def perf_input_file(
     path: Path,
     items: list[tuple[np.ndarray, str]],
     model: str,
     num_samples: int,
     max_new_tokens: int,
+    adaptive: bool = False,
 ) -> Path:
     rows = []
     for image, prompt in items:
@@ -68,15 +80,17 @@ def perf_input_file(
         }
         if model == "smoothguard":
             row["NUM_SAMPLES"] = [num_samples]
+            row["ADAPTIVE"] = [adaptive]
         rows.append(row)
     path.write_text(json.dumps({"data": rows}))
     return path
 
 
 def run_perf_analyzer(
-    model: str, url: str, data: Path, concurrency: int, requests: int, out_dir: Path
+    model: str, url: str, data: Path, concurrency: int, requests: int, out_dir: Path, label: str
 ) -> dict[str, float]:
-    csv_path = out_dir / f"perf_{model}_c{concurrency}.csv"
+    stem = f"perf_{label.replace(' ', '_')}_c{concurrency}"
+    csv_path = out_dir / f"{stem}.csv"
     command = [
         perf_analyzer_binary(),
         "-m",
@@ -105,9 +119,9 @@ def run_perf_analyzer(
     done = subprocess.run(
         command, env=perf_analyzer_environment(), capture_output=True, text=True, timeout=1800
     )
-    (out_dir / f"perf_{model}_c{concurrency}.log").write_text(done.stdout + done.stderr)
+    (out_dir / f"{stem}.log").write_text(done.stdout + done.stderr)
     if done.returncode != 0 or not csv_path.exists():
-        raise RuntimeError(f"perf_analyzer failed for {model} c={concurrency}:\n{done.stderr}")
+        raise RuntimeError(f"perf_analyzer failed for {label} c={concurrency}:\n{done.stderr}")
     with csv_path.open() as handle:
         row = next(csv.DictReader(handle))
     return {
@@ -146,22 +160,41 @@ def in_process(
         image_std=model.image_std,
         settings=settings,
     )
-    options = resolve_options(settings, num_samples=num_samples)
-    defended, undefended = [], []
+    full = resolve_options(settings, num_samples=num_samples)
+    adaptive = resolve_options(settings, num_samples=num_samples, adaptive=True)
+    times: dict[str, list[float]] = {"defended": [], "adaptive": [], "undefended": []}
     for i in range(repeats):
         image, prompt = items[i % len(items)]
-        start = time.perf_counter()
-        pixels = model.preprocess([image]).numpy()
-        guard.defend(pixels[0], prompt, options)
-        defended.append(time.perf_counter() - start)
+        for key, options in (("defended", full), ("adaptive", adaptive)):
+            start = time.perf_counter()
+            pixels = model.preprocess([image]).numpy()
+            guard.defend(pixels[0], prompt, options)
+            times[key].append(time.perf_counter() - start)
         start = time.perf_counter()
         model.generate(model.preprocess([image]), [prompt], max_new_tokens=max_new_tokens)
-        undefended.append(time.perf_counter() - start)
-    return {
-        "defended_p50_ms": 1000 * float(np.median(defended[1:] or defended)),
-        "undefended_p50_ms": 1000 * float(np.median(undefended[1:] or undefended)),
-        "requests": repeats,
+        times["undefended"].append(time.perf_counter() - start)
+    result: dict[str, float] = {
+        f"{key}_p50_ms": 1000 * float(np.median(values[1:] or values))
+        for key, values in times.items()
     }
+    result["requests"] = repeats
+    return result
+
+
+def served_calls(client: Any, run: Any) -> tuple[Any, float]:
+    """Run `run()`, and count from Triton's statistics the mllm rows per smoothguard request
+    it caused (the served cost of a defended request, adaptive sampling included)."""
+
+    def counts() -> tuple[int, int]:
+        stats = {m["name"]: m for m in client.get_inference_statistics(as_json=True)["model_stats"]}
+        rows = int(stats["mllm"].get("inference_count", 0))
+        done = int(stats["smoothguard"]["inference_stats"]["success"].get("count", 0))
+        return rows, done
+
+    rows0, done0 = counts()
+    result = run()
+    rows1, done1 = counts()
+    return result, (rows1 - rows0) / max(done1 - done0, 1)
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
@@ -189,33 +222,37 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
 
 def markdown(results: dict[str, Any]) -> str:
+    n = results["num_samples"]
     lines = [
         f"Machine: {results['machine']}. Command: `{results['command']}`",
         "",
-        "| model | concurrency | throughput (req/s) | p50 ms | p95 ms | p99 ms |",
+        "| series | concurrency | throughput (req/s) | p50 ms | p95 ms | p99 ms |",
         "|---|---|---|---|---|---|",
     ]
-    for model, rows in results["perf"].items():
+    for label, rows in results["perf"].items():
         for r in rows:
             lines.append(
-                f"| {model} | {r['concurrency']} | {r['throughput_rps']:.2f} | "
+                f"| {label} | {r['concurrency']} | {r['throughput_rps']:.2f} | "
                 f"{r['p50_ms']:.0f} | {r['p95_ms']:.0f} | {r['p99_ms']:.0f} |"
             )
-    s = results["summary"]
-    lines += [
-        "",
-        f"- defended / undefended p50 at concurrency 1: **{s['p50_ratio_c1']:.2f}x** "
-        f"(N={results['num_samples']}; naive sequential would be about {results['num_samples']}x)",
-        f"- defended / undefended throughput at saturation: **{s['throughput_ratio']:.2f}**",
-        f"- in-process pipeline p50 (N={results['num_samples']}): "
-        f"{results['in_process']['defended_p50_ms']:.0f} ms; served smoothguard p50 at "
-        f"concurrency 1: {s['served_p50_c1_ms']:.0f} ms; serving overhead "
-        f"**{s['serving_overhead']:.2f}x**",
-    ]
-    return "\n".join(lines) + "\n"
+    lines.append("")
+    for label, s in results["summary"].items():
+        lines += [
+            f"**{label}** (N={n}; {s['model_calls']:.2f} mllm calls per request, counted by "
+            "Triton):",
+            f"- defended / undefended p50 at concurrency 1: **{s['p50_ratio_c1']:.2f}x** "
+            f"(naive sequential: about {n}x)",
+            f"- defended / undefended throughput at saturation: **{s['throughput_ratio']:.2f}**",
+            f"- served p50 at concurrency 1 {s['served_p50_c1_ms']:.0f} ms vs in-process "
+            f"{s['in_process_p50_ms']:.0f} ms: serving overhead **{s['serving_overhead']:.2f}x**",
+            "",
+        ]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
+    import tritonclient.grpc as grpcclient
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "var" / "bench")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8, 16])
@@ -238,26 +275,44 @@ def main(argv: list[str] | None = None) -> int:
     }
     with TritonServer(repo, ports=ports, work_dir=out / "server"):
         url = f"127.0.0.1:{ports.grpc}"
-        for model in ("mllm", "smoothguard"):
+        client = grpcclient.InferenceServerClient(url)
+        for label, model, adaptive in SERIES:
             data = perf_input_file(
-                out / f"input_{model}.json", items, model, args.num_samples, args.max_new_tokens
+                out / f"input_{label.replace(' ', '_')}.json",
+                items,
+                model,
+                args.num_samples,
+                args.max_new_tokens,
+                adaptive,
             )
-            results["perf"][model] = []
+            rows = []
             for c in args.concurrency:
-                row = run_perf_analyzer(model, url, data, c, args.requests, out)
-                print(f"{model} c={c}: {row}", flush=True)
-                results["perf"][model].append(row)
+                measure = functools.partial(
+                    run_perf_analyzer, model, url, data, c, args.requests, out, label
+                )
+                row, calls = served_calls(client, measure) if model != "mllm" else (measure(), 1.0)
+                row["model_calls"] = calls
+                print(f"{label} c={c}: {row}", flush=True)
+                rows.append(row)
+            results["perf"][label] = rows
+        client.close()
     results["in_process"] = in_process(
         items, max(10, args.items), args.num_samples, args.max_new_tokens, threads=2
     )
-    mllm, guard = results["perf"]["mllm"], results["perf"]["smoothguard"]
-    results["summary"] = {
-        "p50_ratio_c1": guard[0]["p50_ms"] / mllm[0]["p50_ms"],
-        "throughput_ratio": max(r["throughput_rps"] for r in guard)
-        / max(r["throughput_rps"] for r in mllm),
-        "served_p50_c1_ms": guard[0]["p50_ms"],
-        "serving_overhead": guard[0]["p50_ms"] / results["in_process"]["defended_p50_ms"],
-    }
+    mllm = results["perf"]["mllm"]
+    results["summary"] = {}
+    for label, key in (("smoothguard", "defended"), ("smoothguard adaptive", "adaptive")):
+        guard = results["perf"][label]
+        in_process_ms = results["in_process"][f"{key}_p50_ms"]
+        results["summary"][label] = {
+            "p50_ratio_c1": guard[0]["p50_ms"] / mllm[0]["p50_ms"],
+            "throughput_ratio": max(r["throughput_rps"] for r in guard)
+            / max(r["throughput_rps"] for r in mllm),
+            "served_p50_c1_ms": guard[0]["p50_ms"],
+            "in_process_p50_ms": in_process_ms,
+            "serving_overhead": guard[0]["p50_ms"] / in_process_ms,
+            "model_calls": float(np.mean([r["model_calls"] for r in guard])),
+        }
     (out / "results.json").write_text(json.dumps(results, indent=2))
     (out / "results.md").write_text(markdown(results))
     plot(results, out / "latency_vs_throughput.png")

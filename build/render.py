@@ -116,6 +116,12 @@ def _gpu_values(profile: dict[str, Any], defense: DefenseSettings) -> dict[str, 
             f"mllm.max_batch_size {batch} < defense.num_samples x mllm.expected_concurrency "
             f"= {need}: the engine could not hold every copy of every request in flight"
         )
+    if int(steps["generate_instances"]) < int(mllm["expected_concurrency"]):
+        raise RenderError(
+            f"steps.generate_instances {steps['generate_instances']} < mllm.expected_concurrency "
+            f"{mllm['expected_concurrency']}: each generate instance keeps one defended request "
+            "in flight, so the engine would never see the concurrency it was sized for"
+        )
     if batch < defense.num_samples_max:
         raise RenderError("mllm.max_batch_size must be >= defense.num_samples_max")
     if int(mllm["max_output_len"]) < defense.max_new_tokens_limit:
@@ -154,6 +160,10 @@ def substitutions(profile: dict[str, Any]) -> dict[str, str]:
         "generate_timeout_s": steps["generate_timeout_s"],
         "generate_fanout": steps.get("generate_fanout", "requests"),
         "aggregate_instances": steps["aggregate_instances"],
+        # Only worth it where seeds are allowed: unseeded requests never hit (fresh noise).
+        "generate_response_cache": "true"
+        if bool(steps.get("response_cache", True)) and defense.allow_seed
+        else "false",
     }
     if "audio" in profile:
         values["audio_mllm_path"] = _resolve_path(profile["audio"]["model_path"])

@@ -107,6 +107,13 @@ def server_environment(extra_pythonpath: list[Path] | None = None) -> dict[str, 
     return env
 
 
+# Triton's local response cache, used by the generate step (response_cache in its config):
+# answers of seeded requests only, as the cache key includes the noisy copies themselves and
+# an unseeded request's copies are fresh OS-entropy noise every time. The same size is set in
+# docker-compose.yml and deploy/base (tests/deploy checks they agree).
+RESPONSE_CACHE_ARG = "--cache-config=local,size=67108864"
+
+
 @dataclass
 class TritonServer:
     """A tritonserver child process; use as a context manager or call start()/stop()."""
@@ -137,6 +144,12 @@ class TritonServer:
                     "the stub watchdog reloads models, which needs --model-control-mode=explicit "
                     f"(got {' '.join(modes)})"
                 )
+        # The deployments pass their own --cache-config (deploy/base); one flag, not two.
+        cache = (
+            []
+            if any(a.startswith("--cache-config") for a in self.extra_args)
+            else [RESPONSE_CACHE_ARG]
+        )
         return [
             str(tritonserver_binary()),
             f"--model-repository={self.model_repository}",
@@ -148,6 +161,9 @@ class TritonServer:
             "--allow-gpu-metrics=false",
             f"--exit-timeout-secs={self.exit_timeout_s}",
             "--strict-readiness=true",
+            # pytriton's binary looks for cache libraries in /opt/tritonserver by default.
+            f"--cache-directory={_pytriton_root() / 'caches'}",
+            *cache,
             *control,
             *self.extra_args,
         ]

@@ -86,6 +86,7 @@ def test_cpu_profile_is_untouched_by_gpu_overlays(tmp_path: Path) -> None:
     ("override", "message"),
     [
         ("mllm.expected_concurrency=100", "expected_concurrency"),
+        ("steps.generate_instances=2", "each generate instance keeps one"),
         ("steps.generate_fanout=batch", "one prompt table per request"),
         ("mllm.family=qwen2_5_vl", "no TensorRT engine path"),
         ("mllm.runtime=onnx", "mllm.runtime"),

@@ -515,3 +515,14 @@ def test_alerts() -> None:
     for alert in alerts.values():
         for used in re.findall(r"[a-z_]+:[a-z0-9_:]+", alert["expr"]):
             assert used in records, (alert["alert"], used)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_response_cache_is_the_servers_size(overlay: str) -> None:
+    """The generate step's response cache needs the server flag; one size everywhere."""
+    from smoothguard.server import RESPONSE_CACHE_ARG
+
+    flags = triton_flags(render(overlay))
+    assert flag_values(flags, "cache-config") == [RESPONSE_CACHE_ARG.split("=", 1)[1]]
+    compose = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())
+    assert RESPONSE_CACHE_ARG in compose["services"]["tritonserver"]["command"]

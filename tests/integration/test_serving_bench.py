@@ -1,0 +1,37 @@
+"""`make bench` in miniature: the serving benchmark starts its own server, measures the three
+series with perf_analyzer and writes every result file, with the model calls counted."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "serving_bench.py"
+
+
+def test_serving_bench_writes_every_series(tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("serving_bench", BENCH)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    argv = ["--out", str(tmp_path), "--concurrency", "1", "--requests", "4", "--items", "2"]
+    assert bench.main(argv) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert list(results["perf"]) == ["mllm", "smoothguard", "smoothguard adaptive"]
+    for rows in results["perf"].values():
+        (row,) = rows
+        assert row["throughput_rps"] > 0 and 0 < row["p50_ms"] <= row["p99_ms"]
+    full, adaptive = results["summary"]["smoothguard"], results["summary"]["smoothguard adaptive"]
+    # Triton's own counts: every defended request asks all 10 copies; adaptive asks its first
+    # round (4) and all 10 only on disagreement.
+    assert full["model_calls"] == pytest.approx(10.0)
+    assert 4.0 <= adaptive["model_calls"] <= 10.0
+    assert full["serving_overhead"] > 0 and results["in_process"]["adaptive_p50_ms"] > 0
+    markdown = (tmp_path / "results.md").read_text()
+    assert "smoothguard adaptive" in markdown and "serving overhead" in markdown
+    assert (tmp_path / "latency_vs_throughput.png").stat().st_size > 10_000
