@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "var" / "bench")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8, 16])
-    parser.add_argument("--requests", type=int, default=40, help="per measurement window")
+    parser.add_argument("--requests", type=int, default=120, help="per measurement window")
     parser.add_argument("--items", type=int, default=16, help="distinct SynthPOPE inputs")
     parser.add_argument("--num-samples", type=int, default=10)
     parser.add_argument("--max-new-tokens", type=int, default=8)
@@ -276,8 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     with TritonServer(repo, ports=ports, work_dir=out / "server"):
         url = f"127.0.0.1:{ports.grpc}"
         client = grpcclient.InferenceServerClient(url)
-        for label, model, adaptive in SERIES:
-            data = perf_input_file(
+        inputs = {
+            label: perf_input_file(
                 out / f"input_{label.replace(' ', '_')}.json",
                 items,
                 model,
@@ -285,16 +285,20 @@ def main(argv: list[str] | None = None) -> int:
                 args.max_new_tokens,
                 adaptive,
             )
-            rows = []
-            for c in args.concurrency:
+            for label, model, adaptive in SERIES
+        }
+        results["perf"] = {label: [] for label, _, _ in SERIES}
+        # Series interleaved at each concurrency, so that a shared machine's drift in speed
+        # falls on all three alike instead of on whichever series ran last.
+        for c in args.concurrency:
+            for label, model, _ in SERIES:
                 measure = functools.partial(
-                    run_perf_analyzer, model, url, data, c, args.requests, out, label
+                    run_perf_analyzer, model, url, inputs[label], c, args.requests, out, label
                 )
                 row, calls = served_calls(client, measure) if model != "mllm" else (measure(), 1.0)
                 row["model_calls"] = calls
                 print(f"{label} c={c}: {row}", flush=True)
-                rows.append(row)
-            results["perf"][label] = rows
+                results["perf"][label].append(row)
         client.close()
     results["in_process"] = in_process(
         items, max(10, args.items), args.num_samples, args.max_new_tokens, threads=2
