@@ -299,10 +299,12 @@ def main(argv: list[str] | None = None) -> int:
                 row["model_calls"] = calls
                 print(f"{label} c={c}: {row}", flush=True)
                 results["perf"][label].append(row)
+            if c == args.concurrency[0]:
+                # Right after the served windows it is compared with, for the same reason.
+                results["in_process"] = in_process(
+                    items, max(60, args.items), args.num_samples, args.max_new_tokens, threads=2
+                )
         client.close()
-    results["in_process"] = in_process(
-        items, max(10, args.items), args.num_samples, args.max_new_tokens, threads=2
-    )
     mllm = results["perf"]["mllm"]
     results["summary"] = {}
     for label, key in (("smoothguard", "defended"), ("smoothguard adaptive", "adaptive")):

@@ -162,7 +162,7 @@ def substitutions(profile: dict[str, Any]) -> dict[str, str]:
         "aggregate_instances": steps["aggregate_instances"],
         # Only worth it where seeds are allowed: unseeded requests never hit (fresh noise).
         "generate_response_cache": "true"
-        if bool(steps.get("response_cache", True)) and defense.allow_seed
+        if bool(steps.get("response_cache", False)) and defense.allow_seed
         else "false",
     }
     if "audio" in profile:

@@ -49,6 +49,21 @@ def test_defense_settings_reach_the_steps(tmp_path: Path) -> None:
     assert config.parameters["allow_seed"].string_value == "false"
 
 
+@pytest.mark.parametrize(
+    ("overrides", "enabled"),
+    [
+        ([], False),  # off by default: every request would pay for hashing the copies
+        (["steps.response_cache=true"], True),
+        (["steps.response_cache=true", "defense.allow_seed=false"], False),  # nothing to hit
+    ],
+)
+def test_generate_response_cache(tmp_path: Path, overrides: list[str], enabled: bool) -> None:
+    out = render("cpu", tmp_path / "repo", overrides)
+    for name in ("generate", "generate_audio"):
+        config = parse_model_config((out / name / "config.pbtxt").read_text(), out)
+        assert config.response_cache.enable is enabled
+
+
 def test_unfilled_placeholder_is_an_error() -> None:
     with pytest.raises(RenderError, match="nope"):
         render_template("name: ${nope}", {}, Path("x.tmpl"))

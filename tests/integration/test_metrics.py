@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import tritonclient.grpc as grpcclient
 
 from smoothguard.synthpope import generate_split
 from smoothguard_client import DefendedAnswer, SmoothGuardClient, SmoothGuardError
@@ -57,7 +58,8 @@ def buckets(series: Series, name: str) -> dict[float, float]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, start_triton: Any) -> Iterator[Any]:
-    running = start_triton(tmp_path_factory.mktemp("metrics"), [])
+    # The response cache on (off by default), for the cache test below; with its counters.
+    running = start_triton(tmp_path_factory.mktemp("metrics"), ["steps.response_cache=true"])
     try:
         yield running
     finally:
@@ -168,3 +170,30 @@ def test_defense_metrics_match_the_requests_sent(server: Any) -> None:
     # Triton 2.51 counted our one rejected ensemble request as 2 failures; the defense's own
     # counters above are the exact ones.
     assert sum(failures) >= 1
+
+
+def test_response_cache_serves_seeded_repeats_only(server: Any) -> None:
+    """With steps.response_cache on, a repeated seeded request skips the MLLM (Triton counts a
+    cache hit on generate, in its statistics and on /metrics); an unseeded repeat never does,
+    because its noisy copies, part of the cache key, are fresh OS-entropy noise."""
+    scene = generate_split("test", 1)[0]
+    prompt = "Is there a green square in the image?"  # no other test asks this
+
+    def hits() -> tuple[int, float]:
+        with grpcclient.InferenceServerClient(server.grpc_url) as admin:
+            (stats,) = admin.get_inference_statistics("generate", as_json=True)["model_stats"]
+        _, series = scrape(server.metrics_url)
+        counted = int(stats["inference_stats"].get("cache_hit", {}).get("count", 0))
+        return counted, value(series, "nv_cache_num_hits_per_model", model="generate", version="1")
+
+    before = hits()
+    with SmoothGuardClient(server.grpc_url, retries=0, timeout_s=180) as client:
+        seeded = [
+            client.ask(scene.image, prompt, seed=4321, sigma=0.3, return_candidates=True)
+            for _ in range(2)
+        ]
+        assert seeded[0].candidates == seeded[1].candidates
+        assert hits() == (before[0] + 1, before[1] + 1)  # the repeat skipped the MLLM
+        for _ in range(2):
+            client.ask(scene.image, prompt, sigma=0.3, return_candidates=True)
+    assert hits() == (before[0] + 1, before[1] + 1)
