@@ -300,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{label} c={c}: {row}", flush=True)
                 results["perf"][label].append(row)
             if c == args.concurrency[0]:
-                # Right after the served windows it is compared with, for the same reason.
+                # Right after the served windows it is compared with, so drift falls on both.
                 results["in_process"] = in_process(
                     items, max(60, args.items), args.num_samples, args.max_new_tokens, threads=2
                 )

@@ -59,6 +59,14 @@ def load_profile(name: str, overrides: list[str] | None = None) -> dict[str, Any
     return profile
 
 
+def _flag(section: dict[str, Any], key: str) -> bool:
+    """A true/false setting (absent: false); anything else is a mistake, not a truth value."""
+    value = section.get(key, False)
+    if not isinstance(value, bool):
+        raise RenderError(f"{key} must be true or false, got {value!r}")
+    return value
+
+
 def _resolve_path(spec: str) -> str:
     if spec.startswith("package:"):
         return spec
@@ -162,7 +170,7 @@ def substitutions(profile: dict[str, Any]) -> dict[str, str]:
         "aggregate_instances": steps["aggregate_instances"],
         # Only worth it where seeds are allowed: unseeded requests never hit (fresh noise).
         "generate_response_cache": "true"
-        if bool(steps.get("response_cache", False)) and defense.allow_seed
+        if _flag(steps, "response_cache") and defense.allow_seed
         else "false",
     }
     if "audio" in profile:

@@ -74,6 +74,7 @@ def test_unfilled_placeholder_is_an_error() -> None:
     [
         ("defense.no_such=1", "no setting"),
         ("nosection.x=1", "no section"),
+        ("steps.response_cache=maybe", "response_cache must be true or false"),
         ("defense.num_samples", "KEY=VALUE"),
     ],
 )
