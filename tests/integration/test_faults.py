@@ -273,14 +273,19 @@ def test_killed_stub_fails_in_flight_requests_fast_and_clearly(
     stubs = find_stubs(fault_server.process.pid, "mllm")  # every instance's stub
     assert stubs
     results: dict[int, Any] = {}
+    killed = threading.Event()
 
     def one(index: int) -> None:
-        started = time.monotonic()
-        try:
-            client.infer("smoothguard", heavy_inputs(), client_timeout=TIMEOUT_S)
-            results[index] = ("ok", time.monotonic() - started)
-        except InferenceServerException as exc:
-            results[index] = (exc, time.monotonic() - started)
+        # Ask again and again until the kill, so a request is in flight when it happens however
+        # fast the server answers; the request that sees the kill reports it.
+        while not killed.is_set():
+            started = time.monotonic()
+            try:
+                client.infer("smoothguard", heavy_inputs(), client_timeout=TIMEOUT_S)
+                results[index] = ("ok", time.monotonic() - started)
+            except InferenceServerException as exc:
+                results[index] = (exc, time.monotonic() - started)
+                return
 
     workers = [threading.Thread(target=one, args=(i,)) for i in range(3)]
     for worker in workers:
@@ -295,6 +300,7 @@ def test_killed_stub_fails_in_flight_requests_fast_and_clearly(
         time.sleep(0.05)
     for stub in stubs:
         stub.kill()
+    killed.set()
     for worker in workers:
         worker.join(TIMEOUT_S + 10)
     errors = [r for r, _ in results.values() if isinstance(r, Exception)]
