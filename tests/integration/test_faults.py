@@ -203,7 +203,7 @@ def test_sigterm_after_the_drain_answers_in_flight_requests(fault_server: Triton
 
     def one(index: int) -> None:
         try:
-            out = client.infer("smoothguard", ask_inputs(16, 32), client_timeout=TIMEOUT_S)
+            out = client.infer("smoothguard", heavy_inputs(), client_timeout=TIMEOUT_S)
             results[index] = out.as_numpy("TEXT")[0]
         except InferenceServerException as exc:
             results[index] = exc
