@@ -34,7 +34,7 @@ def _embed(client: grpcclient.InferenceServerClient) -> Any:
 
 
 def _heavy() -> list[Any]:
-    """A defended request that keeps the model busy for seconds (N=64, 64 new tokens)."""
+    """The heaviest defended request (N=64, 64 new tokens): it queues behind the others."""
     image = generate_split("test", 1)[0].image
     inputs = []
     for name, array, wire in (
