@@ -9,13 +9,20 @@ from smoothguard.aggregate import select_one
 from smoothguard.policy import decide
 from smoothguard.settings import DefenseSettings, InvalidRequest, RequestOptions
 from smoothguard.xp import get_xp
-from smoothguard_triton.glue import bytes_tensor, model_parameters, required_input, respond_each
+from smoothguard_triton.glue import (
+    bytes_tensor,
+    limit_threads,
+    model_parameters,
+    required_input,
+    respond_each,
+)
 from smoothguard_triton.metrics import DefenseMetrics
 
 
 class TritonPythonModel:
     def initialize(self, args):
         params = model_parameters(args)
+        limit_threads(params)
         self.settings = DefenseSettings.from_parameters(params)
         self.xp = get_xp(params.get("device", "auto"))
         self.metrics = DefenseMetrics(self.settings.num_samples_max)

@@ -14,7 +14,13 @@ import triton_python_backend_utils as pb_utils
 
 from smoothguard.adaptive import first_round, unanimous
 from smoothguard.settings import DefenseSettings, RequestOptions
-from smoothguard_triton.glue import bytes_tensor, error_response, model_parameters, required_input
+from smoothguard_triton.glue import (
+    bytes_tensor,
+    error_response,
+    limit_threads,
+    model_parameters,
+    required_input,
+)
 
 
 class SampleFailure(Exception):
@@ -26,6 +32,8 @@ class SampleFailure(Exception):
 class TritonPythonModel:
     def initialize(self, args):
         params = model_parameters(args)
+        limit_threads(params)
+        limit_threads(params)
         self.settings = DefenseSettings.from_parameters(params)
         self.mllm = params["mllm_model"]
         # The copies' tensor name here and at the MLLM: PIXEL_VALUES for images; the audio

@@ -13,6 +13,7 @@ from smoothguard.xp import get_xp
 from smoothguard_triton.dlpack import output_tensor
 from smoothguard_triton.glue import (
     bytes_tensor,
+    limit_threads,
     model_parameters,
     optional_input,
     request_options,
@@ -24,6 +25,7 @@ from smoothguard_triton.glue import (
 class TritonPythonModel:
     def initialize(self, args):
         params = model_parameters(args)
+        limit_threads(params)
         self.settings = DefenseSettings.from_parameters(params)
         self.preprocess = _load_preprocessor(params)
         self.xp = get_xp(params.get("device", "auto"))

@@ -10,6 +10,7 @@ from smoothguard.xp import get_xp
 from smoothguard_triton.dlpack import output_tensor
 from smoothguard_triton.glue import (
     bytes_tensor,
+    limit_threads,
     model_parameters,
     optional_input,
     request_options,
@@ -21,6 +22,7 @@ from smoothguard_triton.glue import (
 class TritonPythonModel:
     def initialize(self, args):
         params = model_parameters(args)
+        limit_threads(params)
         # The request's SIGMA is bounded by audio_sigma_max and defaults to audio_sigma.
         self.settings = DefenseSettings.from_parameters(params).for_audio()
         self.fit = AudioPreprocessor.load(

@@ -9,12 +9,14 @@ import triton_python_backend_utils as pb_utils
 from smoothguard.embedder_pool import mean_pool
 from smoothguard.xp import get_xp
 from smoothguard_triton.dlpack import as_array, output_tensor
-from smoothguard_triton.glue import model_parameters, respond_each
+from smoothguard_triton.glue import limit_threads, model_parameters, respond_each
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        self.xp = get_xp(model_parameters(args).get("device", "auto"))
+        params = model_parameters(args)
+        limit_threads(params)
+        self.xp = get_xp(params.get("device", "auto"))
 
     def execute(self, requests):
         return respond_each(requests, self._handle)

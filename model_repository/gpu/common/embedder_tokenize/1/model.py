@@ -9,7 +9,7 @@ import triton_python_backend_utils as pb_utils
 
 from smoothguard.embedder import resolve_model_path
 from smoothguard.settings import InvalidRequest
-from smoothguard_triton.glue import model_parameters, required_input, respond_each
+from smoothguard_triton.glue import limit_threads, model_parameters, required_input, respond_each
 
 
 class TritonPythonModel:
@@ -17,6 +17,7 @@ class TritonPythonModel:
         from transformers import AutoTokenizer
 
         params = model_parameters(args)
+        limit_threads(params)
         path = resolve_model_path(params["model_path"])
         self.tokenizer = AutoTokenizer.from_pretrained(str(path))
         self.max_length = int(params["max_length"])

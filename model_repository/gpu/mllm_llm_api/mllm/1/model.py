@@ -14,7 +14,7 @@ import triton_python_backend_utils as pb_utils
 from smoothguard.settings import DefenseSettings, InvalidRequest
 from smoothguard.trtllm import FixedResolutionPreprocessor, denormalize_to_uint8
 from smoothguard.validation import decode_prompt
-from smoothguard_triton.glue import bytes_tensor, error_response, model_parameters
+from smoothguard_triton.glue import bytes_tensor, error_response, limit_threads, model_parameters
 
 
 def _llm_class():
@@ -33,6 +33,7 @@ class TritonPythonModel:
         from transformers import AutoProcessor
 
         params = model_parameters(args)
+        limit_threads(params)
         self.settings = DefenseSettings.from_parameters(params)
         path = params["model_path"]
         self.preprocess = FixedResolutionPreprocessor.load(path, int(params["image_size"]))

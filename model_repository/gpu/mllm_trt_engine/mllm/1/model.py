@@ -20,7 +20,7 @@ from smoothguard.trtllm import PromptTableLayout
 from smoothguard.validation import decode_prompt
 from smoothguard.xp import get_xp
 from smoothguard_triton.dlpack import as_array, output_tensor
-from smoothguard_triton.glue import bytes_tensor, error_response, model_parameters
+from smoothguard_triton.glue import bytes_tensor, error_response, limit_threads, model_parameters
 
 
 class TritonPythonModel:
@@ -28,6 +28,7 @@ class TritonPythonModel:
         from transformers import AutoTokenizer
 
         params = model_parameters(args)
+        limit_threads(params)
         self.settings = DefenseSettings.from_parameters(params)
         path = Path(params["model_path"])
         self.tokenizer = AutoTokenizer.from_pretrained(str(path))
