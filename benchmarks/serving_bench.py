@@ -7,7 +7,8 @@ Starts the real tritonserver with the cpu profile, writes perf_analyzer input fi
 SynthPOPE test images, measures `mllm` (one model call), `smoothguard` (N model calls) and
 `smoothguard` with adaptive sampling (request input ADAPTIVE=true: a first round of
 defense.adaptive_initial copies, all N only on disagreement) at each concurrency, then times
-the in-process pipeline on the same inputs so the serving overhead is visible. Results:
+the in-process pipeline on the same inputs so the serving overhead is visible, and records
+for every window the CPU time per request of tritonserver and of each model's stubs. Results:
 results.json, results.md and latency_vs_throughput.png.
 """
 
@@ -181,20 +182,48 @@ def in_process(
     return result
 
 
-def served_calls(client: Any, run: Any) -> tuple[Any, float]:
-    """Run `run()`, and count from Triton's statistics the mllm rows per smoothguard request
-    it caused (the served cost of a defended request, adaptive sampling included)."""
+def cpu_seconds(server_pid: int) -> dict[str, float]:
+    """CPU seconds used so far by tritonserver itself and by each model's stubs (instances
+    summed): where a request's cost goes, which Triton's own timers do not show."""
+    import psutil
+
+    from smoothguard.watchdog import live_stubs
+
+    def used(process: Any) -> float:
+        times = process.cpu_times()
+        return float(times.user + times.system)
+
+    totals = {"tritonserver": used(psutil.Process(server_pid))}
+    for pid, model in live_stubs(server_pid).items():
+        try:
+            totals[model] = totals.get(model, 0.0) + used(psutil.Process(pid))
+        except psutil.NoSuchProcess:
+            continue
+    return totals
+
+
+def served_cost(
+    client: Any, server_pid: int, model: str, run: Any
+) -> tuple[Any, float, dict[str, float]]:
+    """Run `run()`, and measure what each request of `model` it caused cost: mllm rows,
+    counted from Triton's statistics (adaptive sampling included), and CPU ms by process."""
 
     def counts() -> tuple[int, int]:
         stats = {m["name"]: m for m in client.get_inference_statistics(as_json=True)["model_stats"]}
         rows = int(stats["mllm"].get("inference_count", 0))
-        done = int(stats["smoothguard"]["inference_stats"]["success"].get("count", 0))
+        done = int(stats[model]["inference_stats"]["success"].get("count", 0))
         return rows, done
 
-    rows0, done0 = counts()
+    (rows0, done0), cpu0 = counts(), cpu_seconds(server_pid)
     result = run()
-    rows1, done1 = counts()
-    return result, (rows1 - rows0) / max(done1 - done0, 1)
+    (rows1, done1), cpu1 = counts(), cpu_seconds(server_pid)
+    done = max(done1 - done0, 1)
+    cpu = {
+        name: round(1000 * (cpu1[name] - cpu0.get(name, 0.0)) / done, 3)
+        for name in cpu1
+        if cpu1[name] - cpu0.get(name, 0.0) > 0
+    }
+    return result, (rows1 - rows0) / done, dict(sorted(cpu.items(), key=lambda kv: -kv[1]))
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
@@ -247,6 +276,27 @@ def markdown(results: dict[str, Any]) -> str:
             f"{s['in_process_p50_ms']:.0f} ms: serving overhead **{s['serving_overhead']:.2f}x**",
             "",
         ]
+    top = {label: rows[-1] for label, rows in results["perf"].items()}
+    c = next(iter(top.values()))["concurrency"]
+    labels = list(top)
+    cpu = {label: row.get("cpu_ms_per_request", {}) for label, row in top.items()}
+    names = sorted(
+        {n for used in cpu.values() for n in used},
+        key=lambda n: -max(used.get(n, 0.0) for used in cpu.values()),
+    )
+    lines += [
+        f"CPU time per request at concurrency {c}, by process (ms; all instances of a model "
+        "summed):",
+        "",
+        "| process | " + " | ".join(labels) + " |",
+        "|---|" + "---|" * len(labels),
+    ]
+    for name in names:
+        if max(used.get(name, 0.0) for used in cpu.values()) >= 0.05:
+            cells = " | ".join(f"{cpu[label].get(name, 0.0):.2f}" for label in labels)
+            lines.append(f"| {name} | {cells} |")
+    totals = " | ".join(f"**{sum(cpu[label].values()):.2f}**" for label in labels)
+    lines += [f"| total | {totals} |", ""]
     return "\n".join(lines)
 
 
@@ -273,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         "num_samples": args.num_samples,
         "perf": {},
     }
-    with TritonServer(repo, ports=ports, work_dir=out / "server"):
+    with TritonServer(repo, ports=ports, work_dir=out / "server") as server:
         url = f"127.0.0.1:{ports.grpc}"
         client = grpcclient.InferenceServerClient(url)
         inputs = {
@@ -295,8 +345,9 @@ def main(argv: list[str] | None = None) -> int:
                 measure = functools.partial(
                     run_perf_analyzer, model, url, inputs[label], c, args.requests, out, label
                 )
-                row, calls = served_calls(client, measure) if model != "mllm" else (measure(), 1.0)
-                row["model_calls"] = calls
+                row, row["model_calls"], row["cpu_ms_per_request"] = served_cost(
+                    client, server.process.pid, model, measure
+                )
                 print(f"{label} c={c}: {row}", flush=True)
                 results["perf"][label].append(row)
             if c == args.concurrency[0]:

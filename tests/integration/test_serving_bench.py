@@ -32,6 +32,15 @@ def test_serving_bench_writes_every_series(tmp_path: Path) -> None:
     assert full["model_calls"] == pytest.approx(10.0)
     assert 4.0 <= adaptive["model_calls"] <= 10.0
     assert full["serving_overhead"] > 0 and results["in_process"]["adaptive_p50_ms"] > 0
+    # CPU per request by process: the bare model costs the mllm stubs and Triton (idle stubs
+    # tick a little: Triton checks on them); a defended request costs every step.
+    bare = results["perf"]["mllm"][0]["cpu_ms_per_request"]
+    defended = results["perf"]["smoothguard"][0]["cpu_ms_per_request"]
+    steps = ("noise", "generate", "embedder", "aggregate")
+    assert max(bare.get(step, 0.0) for step in steps) < bare["mllm"] / 10, bare
+    assert {"tritonserver", "noise", "generate", "mllm", "embedder", "aggregate"} <= set(defended)
+    assert defended["mllm"] > bare["mllm"]
     markdown = (tmp_path / "results.md").read_text()
     assert "smoothguard adaptive" in markdown and "serving overhead" in markdown
+    assert "CPU time per request at concurrency 1" in markdown
     assert (tmp_path / "latency_vs_throughput.png").stat().st_size > 10_000
