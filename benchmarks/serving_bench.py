@@ -90,43 +90,59 @@ def perf_input_file(
 def run_perf_analyzer(
     model: str, url: str, data: Path, concurrency: int, requests: int, out_dir: Path, label: str
 ) -> dict[str, float]:
+    """One perf_analyzer measurement. A window that never settles (a noisy shared machine)
+    is measured again once with windows twice as long, rather than losing the whole run."""
     stem = f"perf_{label.replace(' ', '_')}_c{concurrency}"
     csv_path = out_dir / f"{stem}.csv"
-    command = [
-        perf_analyzer_binary(),
-        "-m",
-        model,
-        "-i",
-        "grpc",
-        "-u",
-        url,
-        "--input-data",
-        str(data),
-        "--concurrency-range",
-        str(concurrency),
-        "--measurement-mode",
-        "count_windows",
-        "--measurement-request-count",
-        str(max(requests, 2 * concurrency)),
-        "--max-trials",
-        "6",
-        "--stability-percentage",
-        "100",
-        "-f",
-        str(csv_path),
-        "--percentile",
-        "50",
-    ]
-    done = subprocess.run(
-        command, env=perf_analyzer_environment(), capture_output=True, text=True, timeout=1800
-    )
-    (out_dir / f"{stem}.log").write_text(done.stdout + done.stderr)
-    if done.returncode != 0 or not csv_path.exists():
+    window = max(requests, 2 * concurrency)
+    for attempt in (1, 2):
+        csv_path.unlink(missing_ok=True)
+        command = [
+            perf_analyzer_binary(),
+            "-m",
+            model,
+            "-i",
+            "grpc",
+            "-u",
+            url,
+            "--input-data",
+            str(data),
+            "--concurrency-range",
+            str(concurrency),
+            "--measurement-mode",
+            "count_windows",
+            "--measurement-request-count",
+            str(window),
+            "--max-trials",
+            "6",
+            "--stability-percentage",
+            "100",
+            "-f",
+            str(csv_path),
+            "--percentile",
+            "50",
+        ]
+        done = subprocess.run(
+            command, env=perf_analyzer_environment(), capture_output=True, text=True, timeout=1800
+        )
+        (out_dir / f"{stem}.log").write_text(done.stdout + done.stderr)
+        if done.returncode == 0 and csv_path.exists():
+            break
+        unstable = "stable measurement" in done.stdout + done.stderr
+        if attempt == 1 and unstable:
+            print(
+                f"{label} c={concurrency}: no stable measurement, again with {2 * window}-request "
+                "windows",
+                flush=True,
+            )
+            window *= 2
+            continue
         raise RuntimeError(f"perf_analyzer failed for {label} c={concurrency}:\n{done.stderr}")
     with csv_path.open() as handle:
         row = next(csv.DictReader(handle))
     return {
         "concurrency": concurrency,
+        "window_requests": window,
         "throughput_rps": float(row["Inferences/Second"]),
         "p50_ms": float(row["p50 latency"]) / 1000,
         "p90_ms": float(row["p90 latency"]) / 1000,

@@ -1,0 +1,92 @@
+"""The serving benchmark's perf_analyzer driver: an unsettled window is measured again, longer,
+instead of losing the run; any other failure still stops it with perf_analyzer's words."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "serving_bench.py"
+
+# Stands in for perf_analyzer's binary: records its arguments, then answers as the real one
+# does when its windows never settle (`unstable` times) or with a CSV row.
+FAKE = """\
+import json, sys
+from pathlib import Path
+calls = Path(sys.argv[0]).with_suffix(".calls")
+seen = json.loads(calls.read_text()) if calls.exists() else []
+seen.append(sys.argv[1:])
+calls.write_text(json.dumps(seen))
+if len(seen) <= {unstable}:
+    print("Failed to obtain stable measurement within 6 measurement windows for concurrency 4.")
+    sys.exit(1)
+if {broken}:
+    print("error: failed to create concurrency manager", file=sys.stderr)
+    sys.exit(1)
+csv = Path(sys.argv[sys.argv.index("-f") + 1])
+csv.write_text("Concurrency,Inferences/Second,p50 latency,p90 latency,p95 latency,p99 latency\\n"
+               "4,50.5,20000,30000,35000,40000\\n")
+"""
+
+
+@pytest.fixture
+def bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("serving_bench_unit", BENCH)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def fake_binary(tmp_path: Path, unstable: int, broken: bool = False) -> Path:
+    script = tmp_path / "perf_analyzer.py"
+    script.write_text(FAKE.format(unstable=unstable, broken=broken))
+    launcher = tmp_path / "perf_analyzer"
+    launcher.write_text(f'#!/bin/sh\nexec {sys.executable} {script} "$@"\n')
+    launcher.chmod(0o755)
+    return script
+
+
+def windows(script: Path) -> list[int]:
+    calls = json.loads(script.with_suffix(".calls").read_text())
+    return [int(c[c.index("--measurement-request-count") + 1]) for c in calls]
+
+
+def run(bench: ModuleType, tmp_path: Path) -> dict[str, float]:
+    return bench.run_perf_analyzer("smoothguard", "x:1", tmp_path, 4, 120, tmp_path, "sg")
+
+
+def test_an_unsettled_window_is_measured_again_twice_as_long(
+    bench: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    script = fake_binary(tmp_path, unstable=1)
+    monkeypatch.setattr(bench, "perf_analyzer_binary", lambda: str(tmp_path / "perf_analyzer"))
+    row = run(bench, tmp_path)
+    assert windows(script) == [120, 240]
+    assert row["window_requests"] == 240 and row["throughput_rps"] == 50.5
+    assert (row["p50_ms"], row["p99_ms"]) == (20.0, 40.0)
+
+
+def test_a_window_that_never_settles_stops_the_run(
+    bench: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    script = fake_binary(tmp_path, unstable=2)
+    monkeypatch.setattr(bench, "perf_analyzer_binary", lambda: str(tmp_path / "perf_analyzer"))
+    with pytest.raises(RuntimeError, match="perf_analyzer failed for sg c=4"):
+        run(bench, tmp_path)
+    assert windows(script) == [120, 240]
+
+
+def test_other_failures_are_not_retried(
+    bench: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    script = fake_binary(tmp_path, unstable=0, broken=True)
+    monkeypatch.setattr(bench, "perf_analyzer_binary", lambda: str(tmp_path / "perf_analyzer"))
+    with pytest.raises(RuntimeError, match="failed to create concurrency manager"):
+        run(bench, tmp_path)
+    assert windows(script) == [120]
