@@ -361,9 +361,8 @@ def main(argv: list[str] | None = None) -> int:
                 measure = functools.partial(
                     run_perf_analyzer, model, url, inputs[label], c, args.requests, out, label
                 )
-                row, row["model_calls"], row["cpu_ms_per_request"] = served_cost(
-                    client, server.process.pid, model, measure
-                )
+                row, calls, cpu = served_cost(client, server.process.pid, model, measure)
+                row["model_calls"], row["cpu_ms_per_request"] = calls, cpu
                 print(f"{label} c={c}: {row}", flush=True)
                 results["perf"][label].append(row)
             if c == args.concurrency[0]:
