@@ -39,14 +39,6 @@ from smoothguard.server import (  # noqa: E402
 )
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def workload(n_items: int) -> list[tuple[np.ndarray, str]]:
     from smoothguard.synthpope import generate_split
 
@@ -332,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     items = workload(args.items)
     repo = render("cpu", out / "repo", args.overrides)
-    ports = ServerPorts(http=free_port(), grpc=free_port(), metrics=free_port())
+    ports = ServerPorts.free()
     results: dict[str, Any] = {
         "machine": f"{platform.machine()} {__import__('os').cpu_count()} cores, CPU only",
         "command": "python benchmarks/serving_bench.py " + " ".join(argv or sys.argv[1:]),

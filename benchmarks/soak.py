@@ -36,7 +36,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "build"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from serving_bench import free_port, perf_input_file, workload  # noqa: E402
+from serving_bench import perf_input_file, workload  # noqa: E402
 
 from render import render  # noqa: E402
 from smoothguard.server import (  # noqa: E402
@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         result = soak(args.url, args.metrics_url, args.server_pid, out, args)
     else:
         repo = render("cpu", out / "repo", args.overrides)
-        ports = ServerPorts(http=free_port(), grpc=free_port(), metrics=free_port())
+        ports = ServerPorts.free()
         with TritonServer(repo, ports=ports, work_dir=out / "server") as server:
             assert server.process is not None
             result = soak(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -17,12 +16,6 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "build"))
 
 from smoothguard.server import ServerPorts, TritonServer  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -52,7 +45,7 @@ def start_server(
     if mllm:
         overrides = [*overrides, f"mllm.model_path={mllm}"]
     repo = render("cpu", tmp / "repo", overrides)
-    ports = ServerPorts(http=free_port(), grpc=free_port(), metrics=free_port())
+    ports = ServerPorts.free()
     server = TritonServer(repo, ports=ports, work_dir=tmp / "server", extra_args=extra_args or [])
     server.start(timeout_s=240)
     return RunningServer(server, json.loads((repo / "profile.json").read_text()))
@@ -71,7 +64,7 @@ def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
 @pytest.fixture(scope="session")
 def server_ports() -> Callable[[], ServerPorts]:
     """Three free ports for a server a test starts itself."""
-    return lambda: ServerPorts(http=free_port(), grpc=free_port(), metrics=free_port())
+    return ServerPorts.free
 
 
 @pytest.fixture(scope="session")

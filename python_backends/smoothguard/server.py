@@ -12,6 +12,7 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import sysconfig
@@ -31,6 +32,18 @@ class ServerPorts:
     http: int = 8000
     grpc: int = 8001
     metrics: int = 8002
+
+    @classmethod
+    def free(cls) -> ServerPorts:
+        """Three distinct free ports on this host. The sockets are held open together while
+        the OS picks, so it cannot hand the same port out twice (closed one at a time, it did:
+        tritonserver then refused to start, HTTP and gRPC on one port)."""
+        with contextlib.ExitStack() as stack:
+            sockets = [stack.enter_context(socket.socket()) for _ in range(3)]
+            for sock in sockets:
+                sock.bind(("127.0.0.1", 0))
+            http, grpc, metrics = (int(sock.getsockname()[1]) for sock in sockets)
+        return cls(http=http, grpc=grpc, metrics=metrics)
 
 
 def _pytriton_root() -> Path:

@@ -1,11 +1,16 @@
 """The tritonserver command line: the response cache the generate step relies on is there
-once, whether a deployment passes its own --cache-config or not."""
+once, whether a deployment passes its own --cache-config or not; and the free ports a test or
+benchmark server gets."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, ClassVar
 
-from smoothguard.server import RESPONSE_CACHE_ARG, TritonServer
+import pytest
+
+from smoothguard import server as server_module
+from smoothguard.server import RESPONSE_CACHE_ARG, ServerPorts, TritonServer
 
 
 def cache_flags(server: TritonServer) -> list[str]:
@@ -24,3 +29,44 @@ def test_a_deployments_own_cache_flag_is_not_doubled(tmp_path: Path) -> None:
     server = TritonServer(tmp_path / "repo", work_dir=tmp_path / "work", extra_args=[own])
     configs = [f for f in cache_flags(server) if f.startswith("--cache-config")]
     assert configs == [own]
+
+
+class ReusingSocket:
+    """An OS that hands out the lowest port no open socket holds: a port is free again the
+    moment its socket closes, which is what made two of three ports collide."""
+
+    held: ClassVar[set[int]] = set()
+
+    def __init__(self) -> None:
+        self.port: int | None = None
+
+    def __enter__(self) -> ReusingSocket:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.held.discard(self.port)
+
+    def bind(self, address: tuple[str, int]) -> None:
+        self.port = min(p for p in range(40000, 40010) if p not in self.held)
+        self.held.add(self.port)
+
+    def getsockname(self) -> tuple[str, int]:
+        return ("127.0.0.1", self.port)
+
+
+def test_free_ports_are_distinct_even_when_the_os_reuses_closed_ones(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(server_module.socket, "socket", ReusingSocket)
+    ports = ServerPorts.free()
+    assert len({ports.http, ports.grpc, ports.metrics}) == 3
+    assert not ReusingSocket.held  # every socket closed again
+
+
+def test_free_ports_can_be_bound() -> None:
+    import socket
+
+    ports = ServerPorts.free()
+    for port in (ports.http, ports.grpc, ports.metrics):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))
