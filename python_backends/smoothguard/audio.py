@@ -98,6 +98,11 @@ def read_wav(
         ) from exc
     if channels < 1:
         raise InvalidRequest("AUDIO_BYTES declares no audio channels")
+    if width not in (1, 2, 3, 4):
+        raise InvalidRequest(f"AUDIO_BYTES has an unsupported sample width of {width} bytes")
+    # A data chunk cut off mid-sample (a truncated upload, or a header that overstates it) keeps
+    # its whole samples, as a partial last frame keeps its whole channels below.
+    raw = raw[: len(raw) - len(raw) % width]
     if width == 1:  # 8-bit WAV is unsigned
         samples = (np.frombuffer(raw, np.uint8).astype(np.float32) - 128.0) / 128.0
     elif width == 2:
@@ -107,10 +112,8 @@ def read_wav(
         value = b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16)
         value = np.where(value >= 1 << 23, value - (1 << 24), value)
         samples = value.astype(np.float32) / float(1 << 23)
-    elif width == 4:
-        samples = (np.frombuffer(raw, "<i4").astype(np.float64) / 2.0**31).astype(np.float32)
     else:
-        raise InvalidRequest(f"AUDIO_BYTES has an unsupported sample width of {width} bytes")
+        samples = (np.frombuffer(raw, "<i4").astype(np.float64) / 2.0**31).astype(np.float32)
     usable = (samples.shape[0] // channels) * channels
     mono = samples[:usable].reshape(-1, channels).mean(axis=1, dtype=np.float32)
     return np.ascontiguousarray(mono, dtype=np.float32), int(rate)

@@ -117,6 +117,18 @@ def test_bad_audio_is_invalid_argument(triton: Any, inputs: list[Any], words: st
     assert words in info.value.message(), info.value.message()
 
 
+@pytest.mark.parametrize("model", ["mllm_audio", "smoothguard_audio"])
+def test_a_wav_cut_off_mid_sample_is_answered(triton: Any, model: str) -> None:
+    """Found by the fuzzer: a data chunk ending mid-sample failed inside numpy (INTERNAL)."""
+    cut = np.array([write_wav(CLIP)[:-1]], np.object_)
+    prompt = PROMPT[1]
+    if model == "mllm_audio":  # the bare model is batched: [B, 1] rows
+        cut, prompt = cut.reshape(1, 1), prompt.reshape(1, 1)
+    inputs = [("AUDIO_BYTES", cut, "BYTES"), ("PROMPT", prompt, "BYTES")]
+    result = _infer(triton.grpc_url, model, inputs)
+    assert result.as_numpy("TEXT").reshape(-1)[0]
+
+
 def test_wrong_dtype_is_rejected_and_server_stays_up(triton: Any, items: list[Any]) -> None:
     wrong = [("AUDIO", CLIP.astype(np.float64), "FP64"), PROMPT]
     with pytest.raises(InferenceServerException) as info:

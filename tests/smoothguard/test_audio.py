@@ -84,6 +84,19 @@ def test_read_wav_decodes_pcm_widths_and_downmixes(width: int) -> None:
     np.testing.assert_allclose(mono, left, atol=1e-4)
 
 
+@pytest.mark.parametrize("width", [2, 3, 4])
+def test_read_wav_keeps_the_whole_samples_of_a_cut_off_data_chunk(width: int) -> None:
+    """The fuzzer's find: a WAV whose data ends mid-sample failed inside numpy (INTERNAL)."""
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as writer:
+        writer.setnchannels(1)
+        writer.setsampwidth(width)
+        writer.setframerate(16000)
+        writer.writeframes(bytes(width * 5))
+    decoded, rate = read_wav(buffer.getvalue()[:-1])  # the last sample loses a byte
+    assert rate == 16000 and decoded.shape == (4,) and not decoded.any()
+
+
 def test_read_wav_rejects_garbage_and_oversize(tmp_path) -> None:
     with pytest.raises(InvalidRequest, match="PCM WAV"):
         read_wav(b"RIFF....not a wav")
