@@ -47,7 +47,7 @@ def markdown(results: dict[str, Any]) -> str:
             f"{name}{kind}",
             r["task"],
             str(r["eps"]),
-            str(r["steps"]),
+            str(r["steps"]) + (f" (+{r['restarts']} restarts)" if r.get("restarts") else ""),
             str(r["eot_samples"] or "-"),
         ]
         cells += [_pct(r[f"asr_{m}"]) for m in modes] + [_pct(r["outvoted_rate"])]

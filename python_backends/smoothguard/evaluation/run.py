@@ -42,8 +42,10 @@ class EvalConfig:
     n_pope: int = 500
     n_describe: int = 100
     n_safety: int = 200
-    steps: int = 40
+    steps: int = 100
+    eot_steps: int = 40  # each EOT step already costs eot_samples passes
     eot_samples: int = 8
+    restarts: int = 2
     pope_eps: tuple[int, ...] = (8, 16)  # in 1/255 units
     targeted_eps: tuple[int, ...] = (16, 32)
     universal_eps: int = 32
@@ -66,16 +68,24 @@ class AttackRun:
     task: str
     spec: AttackSpec
     target: str  # "flip" (yes/no) or "marker"
+    # Extra random starts for the inputs the undefended model still answers right (or safely)
+    # after the first run, as attack evaluations count them: an input is broken if any start
+    # breaks it. Per-input, non-EOT attacks only: a universal perturbation has no per-input
+    # retry, and EOT aims at the defense, whose answers are too costly to check per start.
+    restarts: int = 0
     images: np.ndarray = field(default_factory=lambda: np.zeros(0))
     seconds: float = 0.0
 
 
 def attack_plan(config: EvalConfig) -> list[AttackRun]:
     eps = lambda k: k / 255  # noqa: E731
-    s, e = config.steps, config.eot_samples
-    plan = [AttackRun(f"pgd-{k}", "pope", AttackSpec(eps(k), s), "flip") for k in config.pope_eps]
+    s, e, r = config.steps, config.eot_samples, config.restarts
+    plan = [
+        AttackRun(f"pgd-{k}", "pope", AttackSpec(eps(k), s), "flip", restarts=r)
+        for k in config.pope_eps
+    ]
     plan += [
-        AttackRun(f"targeted-{k}", "safety", AttackSpec(eps(k), s), "marker")
+        AttackRun(f"targeted-{k}", "safety", AttackSpec(eps(k), s), "marker", restarts=r)
         for k in config.targeted_eps
     ]
     u = config.universal_eps
@@ -88,7 +98,7 @@ def attack_plan(config: EvalConfig) -> list[AttackRun]:
             AttackRun(
                 f"eot-pgd-{top_pope}",
                 "pope",
-                AttackSpec(eps(top_pope), s, eot_samples=e, sigma=config.sigma),
+                AttackSpec(eps(top_pope), config.eot_steps, eot_samples=e, sigma=config.sigma),
                 "flip",
             )
         )
@@ -96,7 +106,7 @@ def attack_plan(config: EvalConfig) -> list[AttackRun]:
             AttackRun(
                 f"eot-targeted-{top_target}",
                 "safety",
-                AttackSpec(eps(top_target), s, eot_samples=e, sigma=config.sigma),
+                AttackSpec(eps(top_target), config.eot_steps, eot_samples=e, sigma=config.sigma),
                 "marker",
             )
         )
@@ -129,6 +139,7 @@ def _fingerprint(run: AttackRun, items: Sequence[Any], model_path: Path) -> str:
             "spec": dataclasses.asdict(run.spec),
             "algorithm": ALGORITHM_REVISION,
             "target": run.target,
+            "restarts": run.restarts,
             "items": [[it.scene_seed, it.prompt] for it in items],
             "model": model_fingerprint(model_path),
         },
@@ -138,9 +149,18 @@ def _fingerprint(run: AttackRun, items: Sequence[Any], model_path: Path) -> str:
 
 
 def compute_attack(
-    model: Any, run: AttackRun, items: Sequence[Any], config: EvalConfig, marker: str
+    model: Any,
+    run: AttackRun,
+    items: Sequence[Any],
+    config: EvalConfig,
+    marker: str,
+    broken: Callable[[np.ndarray, Sequence[Any]], np.ndarray] | None = None,
 ) -> AttackRun:
-    """Run (or load a saved copy of) one attack over the items, batch by batch."""
+    """Run (or load a saved copy of) one attack over the items, batch by batch.
+
+    `broken(images, items)` says which adversarial inputs already fool the undefended model;
+    it is needed for `run.restarts`.
+    """
     folder = config.out / "attacks" / run.name
     fingerprint = _fingerprint(run, items, config.model_path)
     saved = folder / "images.npz"
@@ -149,6 +169,8 @@ def compute_attack(
         if str(data["fingerprint"]) == fingerprint:
             run.images, run.seconds = data["images"], float(data["seconds"])
             return run
+    if run.restarts and broken is None:
+        raise ValueError(f"{run.name}: restarts need a way to tell which inputs are broken")
     images = np.stack([it.image for it in items])
     prompts = [it.prompt for it in items]
     if run.target == "flip":
@@ -156,24 +178,46 @@ def compute_attack(
     else:
         push, pull = [marker] * len(items), None
     batch = len(items) if run.spec.universal else config.batch_size
-    out = []
     started = time.perf_counter()
-    total = run.spec.steps * -(-len(items) // batch)
-    with tqdm(total=total, desc=f"attack {run.name}", unit="step", leave=False) as bar:
-        for lo in range(0, len(items), batch):
-            hi = lo + batch
+
+    def attack(index: np.ndarray, spec: AttackSpec, bar: Any) -> np.ndarray:
+        out = []
+        for lo in range(0, len(index), batch):
+            part = index[lo : lo + batch]
             out.append(
                 pgd(
                     model,
-                    images[lo:hi],
-                    prompts[lo:hi],
-                    push=push[lo:hi],
-                    pull=None if pull is None else pull[lo:hi],
-                    spec=run.spec,
+                    images[part],
+                    [prompts[i] for i in part],
+                    push=[push[i] for i in part],
+                    pull=None if pull is None else [pull[i] for i in part],
+                    spec=spec,
                     progress=bar.update,
                 )
             )
-    run.images, run.seconds = np.concatenate(out), time.perf_counter() - started
+        return np.concatenate(out)
+
+    everything = np.arange(len(items))
+    total = run.spec.steps * -(-len(items) // batch)
+    with tqdm(total=total, desc=f"attack {run.name}", unit="step", leave=False) as bar:
+        adversarial = attack(everything, run.spec, bar)
+    restarted: list[dict[str, int]] = []
+    if run.restarts:
+        assert broken is not None
+        done = np.asarray(broken(adversarial, items), dtype=bool)
+        for restart in range(1, run.restarts + 1):
+            left = everything[~done]
+            if not len(left):
+                break
+            spec = dataclasses.replace(run.spec, seed=run.spec.seed + restart)
+            total = spec.steps * -(-len(left) // batch)
+            with tqdm(total=total, desc=f"{run.name} restart {restart}", leave=False) as bar:
+                retry = attack(left, spec, bar)
+            now = np.asarray(broken(retry, [items[i] for i in left]), dtype=bool)
+            adversarial[left[now]] = retry[now]
+            done[left[now]] = True
+            restarted.append({"restart": restart, "tried": len(left), "broken": int(now.sum())})
+    run.images, run.seconds = adversarial, time.perf_counter() - started
     folder.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(saved, images=run.images, fingerprint=fingerprint, seconds=run.seconds)
     manifest = {
@@ -181,6 +225,7 @@ def compute_attack(
         "task": run.task,
         "target": run.target,
         "spec": dataclasses.asdict(run.spec),
+        "restarts": restarted,
         "fingerprint": fingerprint,
         "items": [
             {"scene_seed": it.scene_seed, "prompt": it.prompt, "gold": it.answer} for it in items
@@ -243,6 +288,21 @@ def _answers(
 
 def _rate(flags: Sequence[bool]) -> float:
     return float(np.mean(flags)) if len(flags) else float("nan")
+
+
+def undefended_breaks(
+    answerer: Answerer, scorer: Scorer, target: str
+) -> Callable[[np.ndarray, Sequence[Any]], np.ndarray]:
+    """Which adversarial inputs fool the undefended model: the test for another restart."""
+
+    def broken(images: np.ndarray, items: Sequence[Any]) -> np.ndarray:
+        answers = answerer.undefended(images, [it.prompt for it in items])
+        if target == "flip":
+            pairs = zip(items, answers, strict=True)
+            return np.array([not scorer.correct(it, a.text) for it, a in pairs])
+        return np.array([scorer.harmful(a.text) for a in answers])
+
+    return broken
 
 
 def attack_success(
@@ -338,12 +398,14 @@ def evaluate(config: EvalConfig, log: Callable[[str], None] = print) -> dict[str
     attacked: dict[str, AttackRun] = {}
     for run in attack_plan(config):
         items = bench[run.task]
-        compute_attack(model, run, items, config, HARMFUL_MARKER)
+        broken = undefended_breaks(answerer, scorer, run.target)
+        compute_attack(model, run, items, config, HARMFUL_MARKER, broken)
         attacked[run.name] = run
         row: dict[str, Any] = {
             "task": run.task,
             "eps": round(run.spec.eps * 255),
             "steps": run.spec.steps,
+            "restarts": run.restarts,
             "eot_samples": run.spec.eot_samples,
             "universal": run.spec.universal,
             "attack_seconds": round(run.seconds, 1),
@@ -415,6 +477,8 @@ SMOKE = {
     "n_describe": 4,
     "n_safety": 4,
     "steps": 5,
+    "eot_steps": 5,
+    "restarts": 1,
     "eot_samples": 2,
     "pope_eps": (16,),
     "targeted_eps": (32,),
@@ -436,6 +500,8 @@ def main(argv: list[str] | None = None) -> int:
         "n_describe",
         "n_safety",
         "steps",
+        "eot_steps",
+        "restarts",
         "eot_samples",
         "num_samples",
         "sweep_items",

@@ -33,3 +33,10 @@ def test_a_new_attack_algorithm_invalidates_a_saved_attack(
     before = _fingerprint(run, [_Item()], tmp_path)
     monkeypatch.setattr(evaluation_run, "ALGORITHM_REVISION", evaluation_run.ALGORITHM_REVISION + 1)
     assert _fingerprint(run, [_Item()], tmp_path) != before
+
+
+def test_restarts_change_the_saved_attack(tmp_path: Path) -> None:
+    (tmp_path / "model.safetensors").write_bytes(b"weights")
+    once = AttackRun("pgd-8", "pope", AttackSpec(8, 10), "flip")
+    again = AttackRun("pgd-8", "pope", AttackSpec(8, 10), "flip", restarts=2)
+    assert _fingerprint(once, [_Item()], tmp_path) != _fingerprint(again, [_Item()], tmp_path)
