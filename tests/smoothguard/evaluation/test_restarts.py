@@ -42,8 +42,8 @@ def test_restarts_retry_the_unbroken_inputs_only(
     assert calls == [[0, 1, 2, 3], [1, 2, 3], [1, 3]]
     manifest = json.loads((tmp_path / "attacks" / "pgd-8" / "manifest.json").read_text())
     assert manifest["restarts"] == [
-        {"restart": 1, "tried": 3, "broken": 1},
-        {"restart": 2, "tried": 2, "broken": 0},
+        {"restart": 1, "step_scale": 0.5, "tried": 3, "broken": 1},
+        {"restart": 2, "step_scale": 0.25, "tried": 2, "broken": 0},
     ]
     # item 2 holds the first restart's image (another random start), the others the first run's
     first = dataclasses.replace(run, restarts=0)
