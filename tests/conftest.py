@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -49,6 +51,21 @@ def start_server(
     server = TritonServer(repo, ports=ports, work_dir=tmp / "server", extra_args=extra_args or [])
     server.start(timeout_s=240)
     return RunningServer(server, json.loads((repo / "profile.json").read_text()))
+
+
+@pytest.fixture(scope="session")
+def benchmark_script() -> Callable[[str], ModuleType]:
+    """Import a script under benchmarks/ (not a package) by file name, a fresh module each call."""
+
+    def load(name: str) -> ModuleType:
+        path = REPO_ROOT / "benchmarks" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
 
 
 @pytest.fixture(scope="session")

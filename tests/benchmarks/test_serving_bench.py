@@ -3,15 +3,13 @@ instead of losing the run; any other failure still stops it with perf_analyzer's
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
 import pytest
-
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "serving_bench.py"
 
 # Stands in for perf_analyzer's binary: records its arguments, then answers as the real one
 # does when its windows never settle (`unstable` times) or with a CSV row.
@@ -35,12 +33,8 @@ csv.write_text("Concurrency,Inferences/Second,p50 latency,p90 latency,p95 latenc
 
 
 @pytest.fixture
-def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("serving_bench_unit", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def bench(benchmark_script: Callable[[str], ModuleType]) -> ModuleType:
+    return benchmark_script("serving_bench")
 
 
 def fake_binary(tmp_path: Path, unstable: int, broken: bool = False) -> Path:

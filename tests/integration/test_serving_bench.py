@@ -3,22 +3,20 @@ series with perf_analyzer and writes every result file, with the model calls cou
 
 from __future__ import annotations
 
-import importlib.util
 import json
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "serving_bench.py"
 
-
-def test_serving_bench_writes_every_series(tmp_path: Path) -> None:
-    spec = importlib.util.spec_from_file_location("serving_bench", BENCH)
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+def test_serving_bench_writes_every_series(
+    tmp_path: Path, benchmark_script: Callable[[str], ModuleType]
+) -> None:
+    bench = benchmark_script("serving_bench")
     argv = ["--out", str(tmp_path), "--concurrency", "1", "--requests", "4", "--items", "2"]
     assert bench.main(argv) == 0
     results = json.loads((tmp_path / "results.json").read_text())
