@@ -40,6 +40,7 @@ from smoothguard.evaluation.run import (
     _answers,
     _rate,
     attack_success,
+    check_config,
     compute_attack,
 )
 from smoothguard.pipeline import SmoothGuard
@@ -75,6 +76,9 @@ class AudioEvalConfig:
     seed: int = 0
     sweeps: bool = True
     served: str | None = None  # gRPC URL: answers from smoothguard_audio / mllm_audio
+
+    def __post_init__(self) -> None:
+        check_config(self)
 
 
 class AudioSmoothGuard(SmoothGuard):
@@ -438,7 +442,11 @@ def main(argv: list[str] | None = None) -> int:
         if given is not None:
             values[f.name] = given
     values["sweeps"] = not args.no_sweeps
-    results = evaluate(AudioEvalConfig(**values))
+    try:
+        config = AudioEvalConfig(**values)
+    except ValueError as exc:
+        parser.error(str(exc))
+    results = evaluate(config)
     print(f"wrote {values['out']}/results.json and results.md in {results['seconds']} s")
     return 0
 

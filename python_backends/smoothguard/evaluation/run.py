@@ -16,6 +16,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +32,39 @@ from smoothguard.evaluation.report import write_report
 from smoothguard.settings import DefenseSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
+
+
+# The least each count of an evaluation may be; less would run nothing, or run silently
+# wrong (a negative step count leaves the random start as "the attack").
+COUNT_MINIMUMS = {
+    "n_pope": 1,
+    "n_describe": 1,
+    "n_safety": 1,
+    "steps": 1,
+    "eot_steps": 1,
+    "restarts": 0,
+    "eot_samples": 0,
+    "num_samples": 1,
+    "sweep_items": 1,
+    "batch_size": 1,
+    "max_new_tokens": 1,
+}
+
+
+def check_config(config: Any) -> None:
+    """Reject an evaluation budget before any model loads, naming the command-line flag."""
+    sigma_max = DefenseSettings.sigma_max  # the in-process defense's bound, audio's too
+    for name, least in COUNT_MINIMUMS.items():
+        value = getattr(config, name, None)
+        if value is not None and value < least:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least {least}, got {value}")
+    if not (math.isfinite(config.sigma) and 0.0 <= config.sigma <= sigma_max):
+        raise ValueError(f"--sigma must be in [0, {sigma_max}], got {config.sigma}")
+    if config.num_samples > DefenseSettings.num_samples_max:
+        raise ValueError(
+            f"--num-samples must be at most {DefenseSettings.num_samples_max}, "
+            f"got {config.num_samples}"
+        )
 
 
 @dataclass(frozen=True)
@@ -60,6 +94,9 @@ class EvalConfig:
     served: str | None = None
     sweeps: bool = True
     adaptive: bool = True
+
+    def __post_init__(self) -> None:
+        check_config(self)
 
 
 # Restart r's first step size, as a multiple of the first run's (2 eps): different step sizes
@@ -535,6 +572,10 @@ def main(argv: list[str] | None = None) -> int:
         if given is not None:
             values[f.name] = given
     values["sweeps"] = not args.no_sweeps
-    results = evaluate(EvalConfig(**values))
+    try:
+        config = EvalConfig(**values)
+    except ValueError as exc:
+        parser.error(str(exc))
+    results = evaluate(config)
     print(f"wrote {values['out']}/results.json and results.md in {results['seconds']} s")
     return 0

@@ -1,0 +1,38 @@
+"""The evaluation commands refuse a budget that would run nothing or run wrong, as usage errors,
+before loading any model."""
+
+from __future__ import annotations
+
+import pytest
+
+from smoothguard.evaluation import audio
+from smoothguard.evaluation import run as image
+
+
+@pytest.mark.parametrize("main", [image.main, audio.main], ids=["image", "audio"])
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--steps", "-3"], "--steps must be at least 1, got -3"),
+        (["--steps", "0"], "--steps must be at least 1, got 0"),
+        (["--n-pope", "0"], "--n-pope must be at least 1"),
+        (["--eot-samples", "-1"], "--eot-samples must be at least 0"),
+        (["--sigma", "-1"], "--sigma must be in [0, 1.0], got -1.0"),
+        (["--sigma", "nan"], "--sigma must be in [0, 1.0], got nan"),
+        (["--num-samples", "65"], "--num-samples must be at most 64"),
+    ],
+)
+def test_bad_budget_is_a_usage_error(
+    main, argv: list[str], message: str, capsys: pytest.CaptureFixture[str], tmp_path
+) -> None:
+    with pytest.raises(SystemExit) as stop:
+        main([*argv, "--out", str(tmp_path)])
+    assert stop.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # nothing was started
+
+
+def test_restarts_may_not_be_negative(capsys: pytest.CaptureFixture[str], tmp_path) -> None:
+    with pytest.raises(SystemExit):
+        image.main(["--restarts", "-1", "--out", str(tmp_path)])
+    assert "--restarts must be at least 0" in capsys.readouterr().err
