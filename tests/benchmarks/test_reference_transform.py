@@ -34,12 +34,32 @@ def test_measures_every_saved_attack_of_an_eval_run(script: ModuleType, tmp_path
     evaluate(smoke, log=lambda _: None)
     assert script.main(["--eval", str(smoke.out), "--out", str(tmp_path / "out")]) == 0
     result = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert list(result["rows"]) == ["as served", "round trip, sigma 0", "round trip, sigma 0.15"]
+    n = smoke.num_samples
+    assert list(result["rows"]) == [
+        "one copy",
+        "one copy, round trip",
+        "one copy, round trip, sigma 0.15",
+        f"SmoothGuard N={n}, sigma 0.15",
+        f"SmoothGuard N={n}, sigma 0.15, copies round-tripped",
+    ]
     # the EOT attacks aim at the defense's noise and are left out
     expected = {"pope_accuracy", "asr_pgd-16", "asr_targeted-32", "asr_universal-32"}
     for row in result["rows"].values():
         assert set(row) == expected and all(0.0 <= v <= 1.0 for v in row.values())
-    # straight through, the saved PGD images fool the model as they did in the evaluation
-    saved = json.loads((smoke.out / "results.json").read_text())["attacks"]
-    assert result["rows"]["as served"]["asr_pgd-16"] == saved["pgd-16"]["asr_undefended"]
-    assert (tmp_path / "out" / "results.md").read_text().startswith("| one copy, no vote |")
+    # without the round trip, the evaluation's own figures come back (same images, same seeds)
+    saved = json.loads((smoke.out / "results.json").read_text())
+    for attack in ("pgd-16", "targeted-32", "universal-32"):
+        assert (
+            result["rows"]["one copy"][f"asr_{attack}"]
+            == saved["attacks"][attack]["asr_undefended"]
+        )
+        voted = result["rows"][f"SmoothGuard N={n}, sigma 0.15"][f"asr_{attack}"]
+        assert voted == saved["attacks"][attack]["asr_defended"]
+    # the round trip really reaches the model: clean pixels come back thresholded
+    rows = result["rows"]
+    assert rows["one copy, round trip"] != rows["one copy"]
+    assert (
+        rows[f"SmoothGuard N={n}, sigma 0.15, copies round-tripped"]
+        != rows[f"SmoothGuard N={n}, sigma 0.15"]
+    )
+    assert (tmp_path / "out" / "results.md").read_text().startswith("| condition |")
