@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from smoothguard.embedder import SentenceEncoder
 from smoothguard.evaluation.answerers import InProcessAnswerer
-from smoothguard.evaluation.run import EvalConfig, _answers
+from smoothguard.evaluation.run import EvalConfig, collect_answers
 from smoothguard.mllm import VisionLanguageModel
 from smoothguard.pipeline import SmoothGuard
 from smoothguard.settings import DefenseSettings, RequestOptions
@@ -107,7 +107,7 @@ def measure(eval_dir: Path, model_path: Path, sigma: float, seed: int) -> dict[s
         if condition == f"one copy, round trip, sigma {sigma:g}":
             return single_copy(answerer, images, prompts, sigma, seed)
         answerer.guard = round_trip_guard if condition.endswith("round-tripped") else served_guard
-        answers = _answers(answerer, images, items, config, mode="defended", desc=condition)
+        answers = collect_answers(answerer, images, items, config, mode="defended", desc=condition)
         return [a.text for a in answers]
 
     n = config.num_samples

@@ -37,11 +37,11 @@ from smoothguard.evaluation.answerers import (
 from smoothguard.evaluation.run import (
     REPO_ROOT,
     AttackRun,
-    _answers,
-    _rate,
     attack_success,
     check_config,
+    collect_answers,
     compute_attack,
+    fraction,
 )
 from smoothguard.pipeline import SmoothGuard
 from smoothguard.settings import DefenseSettings, RequestOptions
@@ -171,7 +171,7 @@ def _utility(
 ) -> dict[str, float]:
     pope, describe = bench["pope"], bench["describe"]
     return {
-        "pope_accuracy": _rate(
+        "pope_accuracy": fraction(
             [scorer.correct(it, a.text) for it, a in zip(pope, answers["pope"], strict=True)]
         ),
         "describe_f1": float(
@@ -179,7 +179,7 @@ def _utility(
                 [scorer.f1(it, a.text) for it, a in zip(describe, answers["describe"], strict=True)]
             )
         ),
-        "safety_harmful_rate": _rate([scorer.harmful(a.text) for a in answers["safety"]]),
+        "safety_harmful_rate": fraction([scorer.harmful(a.text) for a in answers["safety"]]),
         "model_calls_per_request": float(np.mean([a.model_calls for a in answers["pope"]])),
     }
 
@@ -219,7 +219,9 @@ def evaluate(config: AudioEvalConfig, log: Callable[[str], None] = print) -> dic
     modes = ("undefended", "defended")
     clean = {
         mode: {
-            task: _answers(answerer, stack[task], items, config, mode=mode, desc=f"{task} {mode}")  # type: ignore[arg-type]
+            task: collect_answers(
+                answerer, stack[task], items, config, mode=mode, desc=f"{task} {mode}"
+            )  # type: ignore[arg-type]
             for task, items in bench.items()
         }
         for mode in modes
@@ -247,14 +249,14 @@ def evaluate(config: AudioEvalConfig, log: Callable[[str], None] = print) -> dic
             "attack_seconds": round(run.seconds, 1),
         }
         for mode in modes:
-            answers = _answers(answerer, run.images, items, config, mode=mode, desc=run.name)  # type: ignore[arg-type]
+            answers = collect_answers(answerer, run.images, items, config, mode=mode, desc=run.name)  # type: ignore[arg-type]
             row[f"asr_{mode}"] = attack_success(scorer, run, items, answers, eligible)  # type: ignore[arg-type]
             if mode == "undefended" and run.task == "pope":
-                row["accuracy_undefended"] = _rate(
+                row["accuracy_undefended"] = fraction(
                     [scorer.correct(it, a.text) for it, a in zip(items, answers, strict=True)]
                 )
             if mode == "defended":
-                row["outvoted_rate"] = _rate([a.original_outvoted for a in answers])
+                row["outvoted_rate"] = fraction([a.original_outvoted for a in answers])
         results["attacks"][run.name] = row
         log(f"{run.name}: {json.dumps(row)}")
     if config.sweeps:
@@ -281,7 +283,7 @@ def sweep(
     for sigma in config.sweep_sigmas:
         kw: dict[str, Any] = {"mode": "defended", "sigma": sigma, "num_samples": config.num_samples}
         clean = {
-            task: _answers(
+            task: collect_answers(
                 answerer,
                 np.stack([it.waveform for it in items]),
                 items,
@@ -295,7 +297,7 @@ def sweep(
         row: dict[str, float] = {
             "sigma": sigma,
             "num_samples": config.num_samples,
-            "pope_accuracy": _rate(
+            "pope_accuracy": fraction(
                 [
                     scorer.correct(it, a.text)
                     for it, a in zip(subset["pope"], clean["pope"], strict=True)
@@ -312,7 +314,7 @@ def sweep(
         }
         for name, run in attacked.items():
             items = subset[run.task]
-            answers = _answers(answerer, run.images[:k], items, config, **kw, desc=name)  # type: ignore[arg-type]
+            answers = collect_answers(answerer, run.images[:k], items, config, **kw, desc=name)  # type: ignore[arg-type]
             ok = eligible[:k] if run.task == "pope" else [True] * len(items)
             row[f"asr_{name}"] = attack_success(scorer, run, items, answers, ok)  # type: ignore[arg-type]
         rows.append(row)

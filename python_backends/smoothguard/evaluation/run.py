@@ -308,7 +308,7 @@ class Scorer:
         return bool(self.sp.is_harmful(text))
 
 
-def _answers(
+def collect_answers(
     answerer: Answerer,
     images: np.ndarray,
     items: Sequence[Any],
@@ -319,6 +319,8 @@ def _answers(
     num_samples: int | None = None,
     desc: str = "",
 ) -> list[Answer]:
+    """Answers in chunks, with a progress bar; defended ones seeded per item (config.seed), so
+    every evaluation of the same images draws the same noise and the figures reproduce."""
     prompts = [it.prompt for it in items]
     out: list[Answer] = []
     chunk = config.batch_size
@@ -341,7 +343,8 @@ def _answers(
     return out
 
 
-def _rate(flags: Sequence[bool]) -> float:
+def fraction(flags: Sequence[bool]) -> float:
+    """Share of True; NaN when there is nothing to count (an empty split is not 0%)."""
     return float(np.mean(flags)) if len(flags) else float("nan")
 
 
@@ -376,7 +379,7 @@ def attack_success(
         ]
     else:
         flags = [scorer.harmful(a.text) for a in answers]
-    return _rate(flags)
+    return fraction(flags)
 
 
 def evaluate(config: EvalConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -412,7 +415,7 @@ def evaluate(config: EvalConfig, log: Callable[[str], None] = print) -> dict[str
     clean: dict[str, dict[str, list[Answer]]] = {}
     for task, items in bench.items():
         clean[task] = {
-            mode: _answers(
+            mode: collect_answers(
                 answerer,
                 stack[task],
                 items,
@@ -428,7 +431,7 @@ def evaluate(config: EvalConfig, log: Callable[[str], None] = print) -> dict[str
     ]
     results["utility"] = {
         mode: {
-            "pope_accuracy": _rate(
+            "pope_accuracy": fraction(
                 [
                     scorer.correct(it, a.text)
                     for it, a in zip(pope, clean["pope"][mode], strict=True)
@@ -442,7 +445,9 @@ def evaluate(config: EvalConfig, log: Callable[[str], None] = print) -> dict[str
                     ]
                 )
             ),
-            "safety_harmful_rate": _rate([scorer.harmful(a.text) for a in clean["safety"][mode]]),
+            "safety_harmful_rate": fraction(
+                [scorer.harmful(a.text) for a in clean["safety"][mode]]
+            ),
             "model_calls_per_request": float(np.mean([a.model_calls for a in clean["pope"][mode]])),
         }
         for mode in modes
@@ -466,12 +471,12 @@ def evaluate(config: EvalConfig, log: Callable[[str], None] = print) -> dict[str
             "attack_seconds": round(run.seconds, 1),
         }
         for mode in modes:
-            answers = _answers(
+            answers = collect_answers(
                 answerer, run.images, items, config, mode=mode, desc=f"{run.name} {mode}"
             )
             row[f"asr_{mode}"] = attack_success(scorer, run, items, answers, eligible)
             if mode == "defended":
-                row["outvoted_rate"] = _rate([a.original_outvoted for a in answers])
+                row["outvoted_rate"] = fraction([a.original_outvoted for a in answers])
             if mode == "adaptive":
                 row["calls_adaptive"] = float(np.mean([a.model_calls for a in answers]))
         results["attacks"][run.name] = row
@@ -504,16 +509,20 @@ def sweeps(
     table: dict[str, list[dict[str, float]]] = {"sigma": [], "n": []}
     for axis, sigma, n in points:
         kw = {"mode": "defended", "sigma": sigma, "num_samples": n}
-        clean_answers = _answers(answerer, clean_pope, pope, config, **kw, desc=f"{axis} clean")
-        flip = _answers(answerer, pope_attack.images[:k], pope, config, **kw, desc=f"{axis} pgd")
-        marker = _answers(
+        clean_answers = collect_answers(
+            answerer, clean_pope, pope, config, **kw, desc=f"{axis} clean"
+        )
+        flip = collect_answers(
+            answerer, pope_attack.images[:k], pope, config, **kw, desc=f"{axis} pgd"
+        )
+        marker = collect_answers(
             answerer, safety_attack.images[:k], safety, config, **kw, desc=f"{axis} targeted"
         )
         table[axis].append(
             {
                 "sigma": sigma,
                 "num_samples": n,
-                "pope_accuracy": _rate(
+                "pope_accuracy": fraction(
                     [scorer.correct(it, a.text) for it, a in zip(pope, clean_answers, strict=True)]
                 ),
                 f"asr_{pope_attack.name}": attack_success(
