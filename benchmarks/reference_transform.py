@@ -20,19 +20,29 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
+from smoothguard.attacks import AttackSpec
 from smoothguard.embedder import SentenceEncoder
-from smoothguard.evaluation.answerers import InProcessAnswerer
-from smoothguard.evaluation.run import EvalConfig, collect_answers
+from smoothguard.evaluation.answerers import Answer, InProcessAnswerer
+from smoothguard.evaluation.run import (
+    AttackRun,
+    EvalConfig,
+    Scorer,
+    attack_success,
+    collect_answers,
+    fraction,
+)
 from smoothguard.mllm import VisionLanguageModel
+from smoothguard.noise import noisy_copies
 from smoothguard.pipeline import SmoothGuard
 from smoothguard.settings import DefenseSettings, RequestOptions
-from smoothguard.synthpope import is_harmful, load_benchmark, score_yes_no
+from smoothguard.synthpope import load_benchmark
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -56,17 +66,13 @@ class RoundTripGuard(SmoothGuard):
         return self.model.preprocess(list(reference_round_trip(copies))).numpy()
 
 
-def single_copy(
-    answerer: InProcessAnswerer, images: np.ndarray, prompts: list[str], sigma: float, seed: int
-) -> list[str]:
-    """One copy, no vote, through the round trip (noise first when sigma > 0)."""
-    rng = np.random.default_rng(seed)
-    values = answerer.model.preprocess(list(images)).numpy()
-    values = values + sigma * rng.standard_normal(values.shape).astype(np.float32)
-    return [a.text for a in answerer.undefended(reference_round_trip(values), prompts)]
-
-
-def measure(eval_dir: Path, model_path: Path, sigma: float, seed: int) -> dict[str, Any]:
+def eval_config(eval_dir: Path, sigma: float, seed: int) -> tuple[dict[str, Any], EvalConfig]:
+    """The evaluation run's own settings, and ours on top; ValueError names what is wrong."""
+    if not (eval_dir / "results.json").is_file() or not (eval_dir / "attacks").is_dir():
+        raise ValueError(
+            f"{eval_dir} holds no evaluation (results.json and attacks/); make one with "
+            f"python -m smoothguard.evaluation --out {eval_dir}"
+        )
     saved = json.loads((eval_dir / "results.json").read_text())["config"]
     config = EvalConfig(
         out=eval_dir,
@@ -76,67 +82,83 @@ def measure(eval_dir: Path, model_path: Path, sigma: float, seed: int) -> dict[s
         batch_size=saved["batch_size"],
         seed=seed,
     )
+    return saved, config
+
+
+def measure(saved: dict[str, Any], config: EvalConfig, model_path: Path) -> dict[str, Any]:
+    eval_dir, sigma, seed = config.out, config.sigma, config.seed
     bench = load_benchmark(saved["split"], saved["n_pope"], 1, saved["n_safety"])
     model = VisionLanguageModel.load(model_path)
     settings = DefenseSettings(max_new_tokens=config.max_new_tokens)
-    answerer = InProcessAnswerer(
-        model, SentenceEncoder(saved["encoder"]), settings, config.max_new_tokens
-    )
-    served_guard = answerer.guard
-    round_trip_guard = RoundTripGuard(
+    encoder = SentenceEncoder(saved["encoder"])
+    served = InProcessAnswerer(model, encoder, settings, config.max_new_tokens)
+    round_tripped = InProcessAnswerer(model, encoder, settings, config.max_new_tokens)
+    round_tripped.guard = RoundTripGuard(
         model,
-        served_guard.generate,
-        served_guard.embed,
+        served.guard.generate,
+        served.guard.embed,
         image_mean=model.image_mean,
         image_std=model.image_std,
         settings=settings,
     )
-    attacks = {}
+    attacks = []
     for folder in sorted((eval_dir / "attacks").iterdir()):
         manifest = json.loads((folder / "manifest.json").read_text())
-        if manifest["spec"]["eot_samples"]:
+        spec = AttackSpec(**manifest["spec"])
+        if spec.eot_samples:
             continue  # EOT aims at the defense's own noise, not at this transformation
-        attacks[manifest["attack"]] = (manifest, np.load(folder / "images.npz")["images"])
+        images = np.load(folder / "images.npz")["images"]
+        attacks.append(
+            AttackRun(manifest["attack"], manifest["task"], spec, manifest["target"], images=images)
+        )
 
-    def ask(condition: str, images: np.ndarray, items: list[Any]) -> list[str]:
-        prompts = [it.prompt for it in items]
-        if condition == "one copy":
-            return [a.text for a in answerer.undefended(images, prompts)]
-        if condition == "one copy, round trip":
-            return single_copy(answerer, images, prompts, 0.0, seed)
-        if condition == f"one copy, round trip, sigma {sigma:g}":
-            return single_copy(answerer, images, prompts, sigma, seed)
-        answerer.guard = round_trip_guard if condition.endswith("round-tripped") else served_guard
-        answers = collect_answers(answerer, images, items, config, mode="defended", desc=condition)
-        return [a.text for a in answers]
+    def one_copy(noise: float) -> Callable[[np.ndarray, Sequence[Any]], list[Answer]]:
+        """One copy, no vote, through the round trip (copy 1 of the defense's noise if any)."""
+
+        def ask(images: np.ndarray, items: Sequence[Any]) -> list[Answer]:
+            values = model.preprocess(list(images)).numpy()
+            if noise > 0:
+                values = noisy_copies(
+                    values,
+                    num_samples=2,
+                    sigma=noise,
+                    unit=settings.noise_unit,
+                    clip=settings.clip,
+                    mean=model.image_mean,
+                    std=model.image_std,
+                    rng=np.random.default_rng(seed),
+                )[:, 1]
+            return round_tripped.undefended(
+                reference_round_trip(values), [it.prompt for it in items]
+            )
+
+        return ask
+
+    def voted(answerer: InProcessAnswerer) -> Callable[[np.ndarray, Sequence[Any]], list[Answer]]:
+        return lambda images, items: collect_answers(
+            answerer, images, items, config, mode="defended"
+        )
 
     n = config.num_samples
-    conditions = [
-        "one copy",
-        "one copy, round trip",
-        f"one copy, round trip, sigma {sigma:g}",
-        f"SmoothGuard N={n}, sigma {sigma:g}",
-        f"SmoothGuard N={n}, sigma {sigma:g}, copies round-tripped",
-    ]
+    conditions = {
+        "one copy": lambda images, items: served.undefended(images, [it.prompt for it in items]),
+        "one copy, round trip": one_copy(0.0),
+        f"one copy, round trip, sigma {sigma:g}": one_copy(sigma),
+        f"SmoothGuard N={n}, sigma {sigma:g}": voted(served),
+        f"SmoothGuard N={n}, sigma {sigma:g}, copies round-tripped": voted(round_tripped),
+    }
+    scorer = Scorer()
+    pope = bench["pope"]
     rows: dict[str, dict[str, float]] = {}
-    for condition in tqdm(conditions, desc="conditions"):
-        pope = bench["pope"]
-        clean = ask(condition, np.stack([it.image for it in pope]), pope)
-        correct = [bool(score_yes_no(a, it.answer)) for a, it in zip(clean, pope, strict=True)]
-        row = {"pope_accuracy": float(np.mean(correct))}
-        for attack, (manifest, images) in attacks.items():
-            items = bench[manifest["task"]]
-            texts = ask(condition, images, items)
-            if manifest["target"] == "flip":
-                flags = [
-                    not score_yes_no(t, it.answer)
-                    for t, it, ok in zip(texts, items, correct, strict=True)
-                    if ok
-                ]
-            else:
-                flags = [bool(is_harmful(t)) for t in texts]
-            row[f"asr_{attack}"] = float(np.mean(flags))
-        rows[condition] = row
+    for name, ask in tqdm(conditions.items(), desc="conditions"):
+        clean = ask(np.stack([it.image for it in pope]), pope)
+        correct = [scorer.correct(it, a.text) for it, a in zip(pope, clean, strict=True)]
+        row = {"pope_accuracy": fraction(correct)}
+        for run in attacks:
+            items = bench[run.task]
+            answers = ask(run.images, items)
+            row[f"asr_{run.name}"] = attack_success(scorer, run, items, answers, correct)
+        rows[name] = row
     return {"eval": str(eval_dir), "sigma_unit": "normalized", "seed": seed, "rows": rows}
 
 
@@ -160,7 +182,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=REPO / "var" / "reference_transform")
     args = parser.parse_args(argv)
-    result = measure(args.eval, args.model_path, args.sigma, args.seed)
+    try:
+        saved, config = eval_config(args.eval, args.sigma, args.seed)
+    except ValueError as exc:
+        parser.error(str(exc))
+    result = measure(saved, config, args.model_path)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(result, indent=2))
     (args.out / "results.md").write_text(markdown(result))

@@ -13,6 +13,9 @@ import pytest
 
 from smoothguard.evaluation.run import SMOKE, EvalConfig, evaluate
 
+# what eval_config reads from an evaluation's results.json
+SAVED_CONFIG = {"num_samples": 10, "max_new_tokens": 24, "batch_size": 32}
+
 
 @pytest.fixture
 def script(benchmark_script: Callable[[str], ModuleType]) -> ModuleType:
@@ -63,3 +66,27 @@ def test_measures_every_saved_attack_of_an_eval_run(script: ModuleType, tmp_path
         != rows[f"SmoothGuard N={n}, sigma 0.15"]
     )
     assert (tmp_path / "out" / "results.md").read_text().startswith("| condition |")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--eval", "{tmp}/missing"], "holds no evaluation (results.json and attacks/)"),
+        (["--sigma", "-0.5"], "--sigma must be in [0, 1.0], got -0.5"),
+    ],
+)
+def test_bad_arguments_are_usage_errors(
+    script: ModuleType,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+    message: str,
+) -> None:
+    (tmp_path / "eval" / "attacks").mkdir(parents=True)
+    (tmp_path / "eval" / "results.json").write_text(json.dumps({"config": SAVED_CONFIG}))
+    argv = [a.format(tmp=tmp_path) for a in argv]
+    with pytest.raises(SystemExit) as stop:
+        script.main(["--eval", str(tmp_path / "eval"), *argv, "--out", str(tmp_path / "out")])
+    assert stop.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
