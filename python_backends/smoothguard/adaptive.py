@@ -1,9 +1,12 @@
 """Adaptive sampling: ask a few noisy copies first and the rest only when they disagree.
 
 Most benign requests get the same answer from every copy; for them the first few samples
-already carry the whole vote. An adversarial image is fragile under noise, so its copies
-disagree and the request goes on to the full N. "Agree" is strict: every answer of the first
-round, normalised for case, spacing and trailing punctuation, is the same non-empty string.
+already carry the whole vote. Where an adversarial image is fragile under noise (the paper's
+premise), its copies disagree and the request goes on to the full N; where it is not, the
+first round agrees on the adversarial answer and stops, so the evaluation reports adaptive ASR
+next to full-N ASR (on SynthPOPE within half a point). "Agree" is strict: every answer of the
+first round, normalised for case, spacing and trailing punctuation, is the same non-empty
+string.
 """
 
 from __future__ import annotations

@@ -33,7 +33,6 @@ class TritonPythonModel:
     def initialize(self, args):
         params = model_parameters(args)
         limit_threads(params)
-        limit_threads(params)
         self.settings = DefenseSettings.from_parameters(params)
         self.mllm = params["mllm_model"]
         # The copies' tensor name here and at the MLLM: PIXEL_VALUES for images; the audio
