@@ -28,7 +28,6 @@ import numpy as np
 from tqdm import tqdm
 
 from smoothguard.attacks import AttackSpec
-from smoothguard.embedder import SentenceEncoder
 from smoothguard.evaluation.answerers import Answer, InProcessAnswerer
 from smoothguard.evaluation.run import (
     AttackRun,
@@ -37,11 +36,12 @@ from smoothguard.evaluation.run import (
     attack_success,
     collect_answers,
     fraction,
+    in_process_answerer,
 )
 from smoothguard.mllm import VisionLanguageModel
 from smoothguard.noise import noisy_copies
 from smoothguard.pipeline import SmoothGuard
-from smoothguard.settings import DefenseSettings, RequestOptions
+from smoothguard.settings import RequestOptions
 from smoothguard.synthpope import load_benchmark
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,6 +77,8 @@ def eval_config(eval_dir: Path, sigma: float, seed: int) -> tuple[dict[str, Any]
     config = EvalConfig(
         out=eval_dir,
         sigma=sigma,
+        noise_unit=saved.get("noise_unit", "normalized"),
+        encoder=saved["encoder"],
         num_samples=saved["num_samples"],
         max_new_tokens=saved["max_new_tokens"],
         batch_size=saved["batch_size"],
@@ -89,10 +91,9 @@ def measure(saved: dict[str, Any], config: EvalConfig, model_path: Path) -> dict
     eval_dir, sigma, seed = config.out, config.sigma, config.seed
     bench = load_benchmark(saved["split"], saved["n_pope"], 1, saved["n_safety"])
     model = VisionLanguageModel.load(model_path)
-    settings = DefenseSettings(max_new_tokens=config.max_new_tokens)
-    encoder = SentenceEncoder(saved["encoder"])
-    served = InProcessAnswerer(model, encoder, settings, config.max_new_tokens)
-    round_tripped = InProcessAnswerer(model, encoder, settings, config.max_new_tokens)
+    served = in_process_answerer(config, model)
+    settings = served.settings
+    round_tripped = in_process_answerer(config, model)
     round_tripped.guard = RoundTripGuard(
         model,
         served.guard.generate,
@@ -159,7 +160,7 @@ def measure(saved: dict[str, Any], config: EvalConfig, model_path: Path) -> dict
             answers = ask(run.images, items)
             row[f"asr_{run.name}"] = attack_success(scorer, run, items, answers, correct)
         rows[name] = row
-    return {"eval": str(eval_dir), "sigma_unit": "normalized", "seed": seed, "rows": rows}
+    return {"eval": str(eval_dir), "sigma_unit": config.noise_unit, "seed": seed, "rows": rows}
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -178,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--eval", type=Path, default=REPO / "var" / "eval", help="an eval OUT")
     parser.add_argument("--model-path", type=Path, default=REPO / "models" / "synthvlm")
-    parser.add_argument("--sigma", type=float, default=0.15, help="normalized units")
+    parser.add_argument("--sigma", type=float, default=0.15, help="in the evaluation's noise unit")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=REPO / "var" / "reference_transform")
     args = parser.parse_args(argv)

@@ -405,6 +405,16 @@ class _ClientBase:
         kwargs = {"model_name": self.embedder_model, "inputs": build_embed_inputs(texts)}
         return _Call("infer", {**kwargs, **self._common()}, decode, idempotent=False)
 
+    def _parameters_call(self, model: str) -> _Call:
+        def decode(response: Any) -> dict[str, str]:
+            config = response.get("config", response)
+            return {
+                k: str(v.get("string_value", "")) for k, v in config.get("parameters", {}).items()
+            }
+
+        kwargs = {"model_name": model, "as_json": True, **self._common()}
+        return _Call("get_model_config", kwargs, decode)
+
     def _health_calls(self) -> dict[str, _Call]:
         common = self._common()
         calls = {
@@ -560,6 +570,15 @@ class SmoothGuardClient(_ClientBase):
         """Embeddings [n, D] float32, in batches the embedder accepts; (0, 0) for no texts."""
         parts = [self._run(self._embed_call(b)) for b in _text_batches(texts, batch_size)]
         return _stack_embeddings(parts)
+
+    def defense_parameters(self) -> dict[str, str]:
+        """The deployment's defense settings (sigma, noise_unit, num_samples, limits...) as its
+        noise step was configured, so a caller can state results in the server's own units.
+
+        Model configuration is an admin API in the Kubernetes deployment: pass its key in
+        `headers` there, or this raises SmoothGuardError (PERMISSION_DENIED / UNAVAILABLE).
+        """
+        return self._run(self._parameters_call(PIPELINE_MODELS[0]))
 
     def health(self) -> dict[str, Any]:
         """live, ready, server_ready, server, version, models {name: ready}.
@@ -718,6 +737,10 @@ class AsyncSmoothGuardClient(_ClientBase):
         batches = _text_batches(texts, batch_size)
         parts = await asyncio.gather(*(self._run(self._embed_call(b)) for b in batches))
         return _stack_embeddings(parts)
+
+    async def defense_parameters(self) -> dict[str, str]:
+        """Same as SmoothGuardClient.defense_parameters."""
+        return await self._run(self._parameters_call(PIPELINE_MODELS[0]))
 
     async def health(self) -> dict[str, Any]:
         """Same as SmoothGuardClient.health, with the probes sent concurrently."""

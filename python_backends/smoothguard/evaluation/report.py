@@ -24,7 +24,8 @@ def markdown(results: dict[str, Any]) -> str:
     lines = [
         f"# SmoothGuard on SynthPOPE ({cfg['split']} split, {results['path']})",
         "",
-        f"Defense: sigma {cfg['sigma']} (normalized), N = {cfg['num_samples']}"
+        f"Defense: sigma {cfg['sigma']} ({cfg.get('noise_unit', 'normalized')}), "
+        f"N = {cfg['num_samples']}"
         + (", adaptive = first round of 4, full N on disagreement" if "adaptive" in u else "")
         + f". Items: {results['items']}. Wall time {results.get('seconds', 'n/a')} s.",
         "",
@@ -83,7 +84,8 @@ def plot_sweeps(results: dict[str, Any], out: Path) -> list[Path]:
         ax.plot(xs, [r["pope_accuracy"] for r in rows], "o-", label="clean POPE accuracy")
         for k in [k for k in rows[0] if k.startswith("asr_")]:
             ax.plot(xs, [r[k] for r in rows], "s--", label=f"ASR {k[4:]}")
-        ax.set_xlabel("sigma (normalized)" if axis == "sigma" else "N (samples)")
+        unit = results["config"].get("noise_unit", "normalized")
+        ax.set_xlabel(f"sigma ({unit})" if axis == "sigma" else "N (samples)")
         ax.set_ylabel("rate")
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)

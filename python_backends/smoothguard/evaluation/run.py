@@ -29,7 +29,7 @@ from tqdm import tqdm
 from smoothguard.attacks import ALGORITHM_REVISION, AttackSpec, pgd
 from smoothguard.evaluation.answerers import Answer, Answerer, InProcessAnswerer, ServedAnswerer
 from smoothguard.evaluation.report import write_report
-from smoothguard.settings import DefenseSettings
+from smoothguard.settings import NOISE_UNITS, DefenseSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
@@ -48,6 +48,7 @@ COUNT_MINIMUMS = {
     "sweep_items": 1,
     "batch_size": 1,
     "max_new_tokens": 1,
+    "concurrency": 1,
 }
 
 
@@ -60,6 +61,9 @@ def check_config(config: Any) -> None:
             raise ValueError(f"--{name.replace('_', '-')} must be at least {least}, got {value}")
     if not (math.isfinite(config.sigma) and 0.0 <= config.sigma <= sigma_max):
         raise ValueError(f"--sigma must be in [0, {sigma_max}], got {config.sigma}")
+    unit = getattr(config, "noise_unit", None)  # images only; audio states sigma per clip
+    if unit is not None and unit not in NOISE_UNITS:
+        raise ValueError(f"--noise-unit must be one of {', '.join(NOISE_UNITS)}, got {unit!r}")
     if config.num_samples > DefenseSettings.num_samples_max:
         raise ValueError(
             f"--num-samples must be at most {DefenseSettings.num_samples_max}, "
@@ -84,6 +88,9 @@ class EvalConfig:
     targeted_eps: tuple[int, ...] = (16, 32)
     universal_eps: int = 32
     sigma: float = 0.15
+    # What sigma (and the sweep's sigmas) is stated in, as the server's defense.noise_unit:
+    # "normalized" (the processor's space, the reference code's) or "pixel" ([0, 1] pixels).
+    noise_unit: str = "normalized"
     num_samples: int = 10
     sweep_sigmas: tuple[float, ...] = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4)
     sweep_ns: tuple[int, ...] = (1, 3, 5, 10, 20)
@@ -92,6 +99,7 @@ class EvalConfig:
     batch_size: int = 32
     seed: int = 0
     served: str | None = None
+    concurrency: int = 8  # requests in flight at once with --served
     sweeps: bool = True
     adaptive: bool = True
 
@@ -142,7 +150,13 @@ def attack_plan(config: EvalConfig) -> list[AttackRun]:
             AttackRun(
                 f"eot-pgd-{top_pope}",
                 "pope",
-                AttackSpec(eps(top_pope), config.eot_steps, eot_samples=e, sigma=config.sigma),
+                AttackSpec(
+                    eps(top_pope),
+                    config.eot_steps,
+                    eot_samples=e,
+                    sigma=config.sigma,
+                    noise_unit=config.noise_unit,
+                ),
                 "flip",
             )
         )
@@ -150,7 +164,13 @@ def attack_plan(config: EvalConfig) -> list[AttackRun]:
             AttackRun(
                 f"eot-targeted-{top_target}",
                 "safety",
-                AttackSpec(eps(top_target), config.eot_steps, eot_samples=e, sigma=config.sigma),
+                AttackSpec(
+                    eps(top_target),
+                    config.eot_steps,
+                    eot_samples=e,
+                    sigma=config.sigma,
+                    noise_unit=config.noise_unit,
+                ),
                 "marker",
             )
         )
@@ -383,22 +403,15 @@ def attack_success(
 
 
 def evaluate(config: EvalConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
-    from smoothguard.embedder import SentenceEncoder
     from smoothguard.mllm import VisionLanguageModel
     from smoothguard.synthpope import HARMFUL_MARKER, load_benchmark
 
-    config.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
+    served = served_answerer(config, log) if config.served else None  # refuse before any work
+    config.out.mkdir(parents=True, exist_ok=True)
     bench = load_benchmark(config.split, config.n_pope, config.n_describe, config.n_safety)
     model = VisionLanguageModel.load(config.model_path)
-    settings = DefenseSettings(max_new_tokens=config.max_new_tokens)
-    if config.served:
-        answerer: Answerer = ServedAnswerer(config.served, config.max_new_tokens)
-    else:
-        encoder = SentenceEncoder(config.encoder)
-        answerer = InProcessAnswerer(
-            model, encoder, settings, config.max_new_tokens, config.batch_size
-        )
+    answerer: Answerer = served or in_process_answerer(config, model)
     scorer = Scorer()
     stack = {task: np.stack([it.image for it in items]) for task, items in bench.items()}
 
@@ -490,6 +503,50 @@ def evaluate(config: EvalConfig, log: Callable[[str], None] = print) -> dict[str
     return results
 
 
+def in_process_answerer(config: EvalConfig, model: Any) -> InProcessAnswerer:
+    """The defense as the server runs it, with the evaluation's noise unit and budget."""
+    from smoothguard.embedder import SentenceEncoder
+
+    settings = DefenseSettings(max_new_tokens=config.max_new_tokens, noise_unit=config.noise_unit)
+    return InProcessAnswerer(
+        model,
+        SentenceEncoder(config.encoder),
+        settings,
+        config.max_new_tokens,
+        config.batch_size,
+    )
+
+
+class ServedMismatch(ValueError):
+    """The served defense is not the one the evaluation was asked to measure."""
+
+
+def served_answerer(config: EvalConfig, log: Callable[[str], None] = print) -> ServedAnswerer:
+    """The served endpoints, once their noise unit is known to be the evaluation's: sigma
+    means something else in the other unit (3.7x the noise for CLIP's statistics), and the
+    EOT attacks draw the defense's noise in the evaluation's unit."""
+    from smoothguard_client import SmoothGuardError
+
+    answerer = ServedAnswerer(
+        config.served or "", config.max_new_tokens, concurrency=config.concurrency
+    )
+    try:
+        served_unit = answerer.client.defense_parameters().get("noise_unit")
+    except SmoothGuardError as exc:
+        log(
+            f"could not read the server's noise unit ({exc.status}: {exc.message}); "
+            f"taking --noise-unit {config.noise_unit} on trust"
+        )
+        return answerer
+    if served_unit and served_unit != config.noise_unit:
+        raise ServedMismatch(
+            f"the server at {config.served} states sigma in {served_unit} units; "
+            f"pass --noise-unit {served_unit} (or serve with defense.noise_unit "
+            f"{config.noise_unit})"
+        )
+    return answerer
+
+
 def sweeps(
     config: EvalConfig,
     answerer: Answerer,
@@ -570,9 +627,15 @@ def main(argv: list[str] | None = None) -> int:
         "num_samples",
         "sweep_items",
         "seed",
+        "concurrency",
     ):
         parser.add_argument("--" + name.replace("_", "-"), type=int)
     parser.add_argument("--sigma", type=float)
+    parser.add_argument(
+        "--noise-unit",
+        choices=NOISE_UNITS,
+        help="what --sigma is stated in, as the server's defense.noise_unit (default normalized)",
+    )
     parser.add_argument("--no-sweeps", action="store_true")
     args = parser.parse_args(argv)
     values: dict[str, Any] = dict(SMOKE) if args.smoke else {}
@@ -585,6 +648,9 @@ def main(argv: list[str] | None = None) -> int:
         config = EvalConfig(**values)
     except ValueError as exc:
         parser.error(str(exc))
-    results = evaluate(config)
+    try:
+        results = evaluate(config)
+    except ServedMismatch as exc:
+        parser.error(str(exc))
     print(f"wrote {values['out']}/results.json and results.md in {results['seconds']} s")
     return 0

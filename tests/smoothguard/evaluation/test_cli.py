@@ -36,3 +36,14 @@ def test_restarts_may_not_be_negative(capsys: pytest.CaptureFixture[str], tmp_pa
     with pytest.raises(SystemExit):
         image.main(["--restarts", "-1", "--out", str(tmp_path)])
     assert "--restarts must be at least 0" in capsys.readouterr().err
+
+
+def test_an_unknown_noise_unit_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], tmp_path
+) -> None:
+    with pytest.raises(SystemExit) as stop:
+        image.main(["--noise-unit", "decibel", "--out", str(tmp_path)])
+    assert stop.value.code == 2
+    assert "--noise-unit" in capsys.readouterr().err and not any(tmp_path.iterdir())
+    with pytest.raises(ValueError, match="--noise-unit must be one of"):
+        image.EvalConfig(out=tmp_path, noise_unit="decibel")
