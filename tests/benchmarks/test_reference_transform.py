@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -11,7 +10,7 @@ from types import ModuleType
 import numpy as np
 import pytest
 
-from smoothguard.evaluation.run import SMOKE, EvalConfig, evaluate
+from smoothguard.evaluation.run import EvalConfig
 
 # what eval_config reads from an evaluation's results.json
 SAVED_CONFIG = {
@@ -37,9 +36,10 @@ def test_round_trip_thresholds_the_normalised_values(script: ModuleType) -> None
 
 
 @pytest.mark.slow
-def test_measures_every_saved_attack_of_an_eval_run(script: ModuleType, tmp_path: Path) -> None:
-    smoke = dataclasses.replace(EvalConfig(out=tmp_path / "eval", **SMOKE), sweeps=False)
-    evaluate(smoke, log=lambda _: None)
+def test_measures_every_saved_attack_of_an_eval_run(
+    script: ModuleType, smoke_eval: EvalConfig, tmp_path: Path
+) -> None:
+    smoke = smoke_eval
     assert script.main(["--eval", str(smoke.out), "--out", str(tmp_path / "out")]) == 0
     result = json.loads((tmp_path / "out" / "results.json").read_text())
     n = smoke.num_samples
