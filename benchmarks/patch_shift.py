@@ -17,14 +17,13 @@ model before serving it:
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from smoothguard.attacks import AttackSpec
+from smoothguard.evaluation.report import write_results
+from smoothguard.evaluation.run import saved_attacks, saved_config
 from smoothguard.mllm import VisionLanguageModel
 from smoothguard.noise import normalized_sigma
 from smoothguard.settings import NOISE_UNITS
@@ -65,25 +64,22 @@ def shift_ratios(
 def measure(
     eval_dir: Path, model_path: Path, settings: tuple[tuple[str, float], ...]
 ) -> dict[str, Any]:
-    saved = json.loads((eval_dir / "results.json").read_text())["config"]
+    saved = saved_config(eval_dir)
     bench = load_benchmark(saved["split"], saved["n_pope"], 1, saved["n_safety"])
     model = VisionLanguageModel.load(model_path)
     conv = patch_embedding(model)
     rows: list[dict[str, Any]] = []
-    for folder in sorted((eval_dir / "attacks").iterdir()):
-        manifest = json.loads((folder / "manifest.json").read_text())
-        if AttackSpec(**manifest["spec"]).eot_samples:
-            continue  # EOT attacks are made to survive the noise; this asks about the others
-        items = bench[manifest["task"]]
-        adversarial = model.preprocess(list(np.load(folder / "images.npz")["images"]))
-        clean = model.preprocess([it.image for it in items])
+    # EOT attacks are made to survive the noise; this asks about the others
+    for run in saved_attacks(eval_dir, eot=False):
+        adversarial = model.preprocess(list(run.images))
+        clean = model.preprocess([it.image for it in bench[run.task]])
         for unit, sigma in settings:
             std = noise_std(conv.weight.detach(), normalized_sigma(sigma, unit, model.image_std))
             ratio = shift_ratios(conv, clean, adversarial, std)
             largest = ratio.flatten(1).max(dim=1).values
             rows.append(
                 {
-                    "attack": manifest["attack"],
+                    "attack": run.name,
                     "noise": f"{unit} {sigma:g}",
                     "largest_ratio_median": float(largest.median()),
                     "share_over_2": float((ratio > 2).float().mean()),
@@ -127,13 +123,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, default=REPO / "var" / "patch_shift")
     args = parser.parse_args(argv)
-    if not (args.eval / "results.json").is_file() or not (args.eval / "attacks").is_dir():
-        parser.error(f"{args.eval} holds no evaluation (results.json and attacks/)")
+    try:
+        saved_config(args.eval)
+    except ValueError as exc:
+        parser.error(str(exc))
     result = measure(args.eval, args.model_path, tuple(args.noise or SETTINGS))
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(result, indent=2))
-    (args.out / "results.md").write_text(markdown(result))
-    print(markdown(result))
+    write_results(args.out, result, markdown(result))
     return 0
 
 

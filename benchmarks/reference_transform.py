@@ -19,7 +19,6 @@ transformation's share of a defended result from the vote's.
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,16 +26,17 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from smoothguard.attacks import AttackSpec
 from smoothguard.evaluation.answerers import Answer, InProcessAnswerer
+from smoothguard.evaluation.report import write_results
 from smoothguard.evaluation.run import (
-    AttackRun,
     EvalConfig,
     Scorer,
     attack_success,
     collect_answers,
     fraction,
     in_process_answerer,
+    saved_attacks,
+    saved_config,
 )
 from smoothguard.mllm import VisionLanguageModel
 from smoothguard.noise import noisy_copies
@@ -68,12 +68,7 @@ class RoundTripGuard(SmoothGuard):
 
 def eval_config(eval_dir: Path, sigma: float, seed: int) -> tuple[dict[str, Any], EvalConfig]:
     """The evaluation run's own settings, and ours on top; ValueError names what is wrong."""
-    if not (eval_dir / "results.json").is_file() or not (eval_dir / "attacks").is_dir():
-        raise ValueError(
-            f"{eval_dir} holds no evaluation (results.json and attacks/); make one with "
-            f"python -m smoothguard.evaluation --out {eval_dir}"
-        )
-    saved = json.loads((eval_dir / "results.json").read_text())["config"]
+    saved = saved_config(eval_dir)
     config = EvalConfig(
         out=eval_dir,
         sigma=sigma,
@@ -102,16 +97,8 @@ def measure(saved: dict[str, Any], config: EvalConfig, model_path: Path) -> dict
         image_std=model.image_std,
         settings=settings,
     )
-    attacks = []
-    for folder in sorted((eval_dir / "attacks").iterdir()):
-        manifest = json.loads((folder / "manifest.json").read_text())
-        spec = AttackSpec(**manifest["spec"])
-        if spec.eot_samples:
-            continue  # EOT aims at the defense's own noise, not at this transformation
-        images = np.load(folder / "images.npz")["images"]
-        attacks.append(
-            AttackRun(manifest["attack"], manifest["task"], spec, manifest["target"], images=images)
-        )
+    # EOT aims at the defense's own noise, not at this transformation
+    attacks = saved_attacks(eval_dir, eot=False)
 
     def one_copy(noise: float) -> Callable[[np.ndarray, Sequence[Any]], list[Answer]]:
         """One copy, no vote, through the round trip (copy 1 of the defense's noise if any)."""
@@ -188,10 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     result = measure(saved, config, args.model_path)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(result, indent=2))
-    (args.out / "results.md").write_text(markdown(result))
-    print(markdown(result))
+    write_results(args.out, result, markdown(result))
     return 0
 
 

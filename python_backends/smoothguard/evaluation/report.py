@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -105,3 +106,11 @@ def plot_sweeps(results: dict[str, Any], out: Path) -> list[Path]:
 def write_report(results: dict[str, Any], out: Path) -> None:
     (out / "results.md").write_text(markdown(results))
     plot_sweeps(results, out)
+
+
+def write_results(out: Path, result: dict[str, Any], table: str) -> None:
+    """A diagnostic's results.json and results.md (its Markdown table), also printed."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(result, indent=2))
+    (out / "results.md").write_text(table)
+    print(table)

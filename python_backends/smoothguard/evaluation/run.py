@@ -145,36 +145,44 @@ def attack_plan(config: EvalConfig) -> list[AttackRun]:
         AttackRun(f"universal-{u}", "safety", AttackSpec(eps(u), s, universal=True), "marker")
     )
     if e > 0:
+        # the defense's own noise: its sigma, in its unit
+        eot = lambda k: AttackSpec(  # noqa: E731
+            eps(k),
+            config.eot_steps,
+            eot_samples=e,
+            sigma=config.sigma,
+            noise_unit=config.noise_unit,
+        )
         top_pope, top_target = max(config.pope_eps), max(config.targeted_eps)
-        plan.append(
-            AttackRun(
-                f"eot-pgd-{top_pope}",
-                "pope",
-                AttackSpec(
-                    eps(top_pope),
-                    config.eot_steps,
-                    eot_samples=e,
-                    sigma=config.sigma,
-                    noise_unit=config.noise_unit,
-                ),
-                "flip",
-            )
-        )
-        plan.append(
-            AttackRun(
-                f"eot-targeted-{top_target}",
-                "safety",
-                AttackSpec(
-                    eps(top_target),
-                    config.eot_steps,
-                    eot_samples=e,
-                    sigma=config.sigma,
-                    noise_unit=config.noise_unit,
-                ),
-                "marker",
-            )
-        )
+        plan.append(AttackRun(f"eot-pgd-{top_pope}", "pope", eot(top_pope), "flip"))
+        plan.append(AttackRun(f"eot-targeted-{top_target}", "safety", eot(top_target), "marker"))
     return plan
+
+
+def saved_config(eval_dir: Path) -> dict[str, Any]:
+    """The settings an evaluation run saved; ValueError when the folder holds no run."""
+    if not (eval_dir / "results.json").is_file() or not (eval_dir / "attacks").is_dir():
+        raise ValueError(
+            f"{eval_dir} holds no evaluation (results.json and attacks/); make one with "
+            f"python -m smoothguard.evaluation --out {eval_dir}"
+        )
+    return dict(json.loads((eval_dir / "results.json").read_text())["config"])
+
+
+def saved_attacks(eval_dir: Path, *, eot: bool = True) -> list[AttackRun]:
+    """The adversarial images an evaluation run saved, by attack (EOT ones only if `eot`),
+    for the diagnostics that replay them (benchmarks/reference_transform.py, patch_shift.py)."""
+    runs = []
+    for folder in sorted((eval_dir / "attacks").iterdir()):
+        manifest = json.loads((folder / "manifest.json").read_text())
+        spec = AttackSpec(**manifest["spec"])
+        if spec.eot_samples and not eot:
+            continue
+        images = np.load(folder / "images.npz")["images"]
+        runs.append(
+            AttackRun(manifest["attack"], manifest["task"], spec, manifest["target"], images=images)
+        )
+    return runs
 
 
 def opposite(answer: str) -> str:
