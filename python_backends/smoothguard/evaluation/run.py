@@ -419,7 +419,7 @@ def evaluate(config: EvalConfig, log: Callable[[str], None] = print) -> dict[str
     config.out.mkdir(parents=True, exist_ok=True)
     bench = load_benchmark(config.split, config.n_pope, config.n_describe, config.n_safety)
     model = VisionLanguageModel.load(config.model_path)
-    answerer: Answerer = served or in_process_answerer(config, model)
+    answerer: Answerer = served if served is not None else in_process_answerer(config, model)
     scorer = Scorer()
     stack = {task: np.stack([it.image for it in items]) for task, items in bench.items()}
 
