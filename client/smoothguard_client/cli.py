@@ -78,6 +78,23 @@ def add_connection_arguments(parser: argparse.ArgumentParser, *, timeout_s: floa
     group.add_argument(
         "--root-certificates", metavar="PEM", help="CA bundle for --ssl (default: system)"
     )
+    group.add_argument(
+        "--header",
+        type=parse_header,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="gRPC metadata sent with every call, repeatable (an auth token, an admin key)",
+    )
+
+
+def parse_header(text: str) -> tuple[str, str]:
+    """NAME=VALUE -> (name, value), for --header; gRPC metadata keys are lower case."""
+    name, sep, value = text.partition("=")
+    name = name.strip().lower()
+    if not sep or not name or any(c.isspace() for c in name):
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name, value
 
 
 def client_from_args(args: argparse.Namespace, **options: Any) -> SmoothGuardClient:
@@ -87,6 +104,7 @@ def client_from_args(args: argparse.Namespace, **options: Any) -> SmoothGuardCli
         retries=args.retries,
         ssl=args.ssl,
         root_certificates=args.root_certificates,
+        headers=dict(args.header) or None,
         **options,
     )
 

@@ -303,3 +303,21 @@ def test_health_exit_code_follows_readiness(
     assert ("NOT READY" in out) is not ready
     assert main(["health", "--json"]) == code
     assert json.loads(capsys.readouterr().out)["ready"] is ready
+
+
+def test_headers_reach_the_client() -> None:
+    args = build_parser().parse_args(
+        ["health", "--header", "Authorization=Bearer a=b", "--header", "x-admin-key=k"]
+    )
+    client = cli.client_from_args(args)
+    try:
+        assert client.headers == {"authorization": "Bearer a=b", "x-admin-key": "k"}
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("bad", ["no-equals", "=value", "two words=v"])
+def test_a_malformed_header_is_a_usage_error(bad: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stop:
+        build_parser().parse_args(["health", "--header", bad])
+    assert stop.value.code == 2 and "expected NAME=VALUE" in capsys.readouterr().err

@@ -9,10 +9,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from smoothguard.evaluation.run import EvalConfig, served_answerer
 from smoothguard.synthpope import generate_split
 from smoothguard_client import SmoothGuardClient, SmoothGuardError
 
@@ -101,6 +103,32 @@ def test_defense_parameters_need_the_admin_key(secure: tuple[Any, Path]) -> None
     header = {"triton-grpc-protocol-smoothguard-admin-key": ADMIN_KEY}
     with SmoothGuardClient(url, headers=header, **secured) as client:
         assert client.defense_parameters()["allow_seed"] == "false"
+
+
+def test_the_served_evaluation_reaches_a_secured_deployment(
+    secure: tuple[Any, Path], tmp_path: Path
+) -> None:
+    running, cert = secure
+    url = running.grpc_url.replace("127.0.0.1", "localhost")
+    header = (("triton-grpc-protocol-smoothguard-admin-key", ADMIN_KEY),)
+    logs: list[str] = []
+    config = EvalConfig(
+        out=tmp_path, served=url, root_certificates=str(cert), headers=header, max_new_tokens=8
+    )
+    answerer = served_answerer(config, logs.append)
+    # the unit was read with the admin key, not taken on trust; seeds are refused there
+    assert logs == [
+        "the server refuses seeds (allow_seed false): defended answers are drawn unseeded"
+    ]
+    scene = generate_split("test", 1)[0]
+    images, prompts = np.stack([scene.image] * 2), ["Describe the image."] * 2
+    answers = answerer.defended(images, prompts, sigma=0.15, num_samples=3, seeds=[1, 2])
+    assert all(a.text and a.model_calls == 3 for a in answers)
+    assert all(a.text for a in answerer.undefended(images, prompts))
+    # without the key the unit cannot be read: said, and the flag is trusted
+    logs.clear()
+    served_answerer(EvalConfig(out=tmp_path, served=url, root_certificates=str(cert)), logs.append)
+    assert len(logs) == 1 and "taking --noise-unit normalized on trust" in logs[0]
 
 
 def test_seeds_are_refused_when_configured(secure: tuple[Any, Path]) -> None:

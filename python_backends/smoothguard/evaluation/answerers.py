@@ -7,7 +7,7 @@ endpoints over gRPC, so an attack computed once can be replayed against a deploy
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -117,7 +117,14 @@ class ServedAnswerer:
     answers do not depend on it: defended requests carry their own seeds."""
 
     def __init__(
-        self, url: str, max_new_tokens: int, modality: str = "image", concurrency: int = 8
+        self,
+        url: str,
+        max_new_tokens: int,
+        modality: str = "image",
+        concurrency: int = 8,
+        *,
+        root_certificates: str | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         from smoothguard_client import SmoothGuardClient
 
@@ -125,9 +132,20 @@ class ServedAnswerer:
             raise ValueError(f"modality must be 'image' or 'audio', got {modality!r}")
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {concurrency}")
-        self.client = SmoothGuardClient(url, timeout_s=300)
+        # A deployment as it runs in production: TLS (a grpcs:// URL or a CA bundle) and
+        # metadata such as an auth token or the admin key that opens defense_parameters().
+        self.client = SmoothGuardClient(
+            url,
+            timeout_s=300,
+            ssl=root_certificates is not None,
+            root_certificates=root_certificates,
+            headers=headers or None,
+        )
         self.max_new_tokens = max_new_tokens
         self.concurrency = concurrency
+        # False against a deployment that refuses seeds (defense.allow_seed false): its
+        # defended answers are then drawn fresh, and figures vary from run to run.
+        self.seeded = True
         audio = modality == "audio"
         self._ask = self.client.ask_audio if audio else self.client.ask
         self._ask_undefended = (
@@ -166,7 +184,7 @@ class ServedAnswerer:
                 prompt,
                 sigma=sigma,
                 num_samples=num_samples,
-                seed=seed,
+                seed=seed if self.seeded else None,
                 max_new_tokens=self.max_new_tokens,
                 adaptive=adaptive,
             )

@@ -37,11 +37,13 @@ from smoothguard.evaluation.answerers import (
 from smoothguard.evaluation.run import (
     REPO_ROOT,
     AttackRun,
+    add_served_arguments,
     attack_success,
     check_config,
     collect_answers,
     compute_attack,
     fraction,
+    public_config,
 )
 from smoothguard.pipeline import SmoothGuard
 from smoothguard.settings import DefenseSettings, RequestOptions
@@ -77,6 +79,8 @@ class AudioEvalConfig:
     sweeps: bool = True
     served: str | None = None  # gRPC URL: answers from smoothguard_audio / mllm_audio
     concurrency: int = 8  # requests in flight at once with --served
+    root_certificates: str | None = None  # CA bundle: TLS to the served endpoint
+    headers: tuple[tuple[str, str], ...] = ()  # gRPC metadata for --served; never saved
 
     def __post_init__(self) -> None:
         check_config(self)
@@ -198,7 +202,12 @@ def evaluate(config: AudioEvalConfig, log: Callable[[str], None] = print) -> dic
     answerer: Answerer
     if config.served:
         answerer = ServedAnswerer(
-            config.served, config.max_new_tokens, modality="audio", concurrency=config.concurrency
+            config.served,
+            config.max_new_tokens,
+            modality="audio",
+            concurrency=config.concurrency,
+            root_certificates=config.root_certificates,
+            headers=dict(config.headers),
         )
     else:
         answerer = InProcessAudioAnswerer(
@@ -211,9 +220,7 @@ def evaluate(config: AudioEvalConfig, log: Callable[[str], None] = print) -> dic
     scorer = AudioScorer()
     stack = {task: np.stack([it.waveform for it in items]) for task, items in bench.items()}
     results: dict[str, Any] = {
-        "config": {
-            k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(config).items()
-        },
+        "config": public_config(config),
         "items": {task: len(items) for task, items in bench.items()},
         "noise": f"sigma x RMS of the clip ({model.noise_unit}), clipped to [-1, 1]",
         "eps_unit": "L-inf on the waveform, full-scale amplitude [-1, 1]",
@@ -429,9 +436,9 @@ def main(argv: list[str] | None = None) -> int:
         "num_samples",
         "sweep_items",
         "seed",
-        "concurrency",
     ):
         parser.add_argument("--" + name.replace("_", "-"), type=int)
+    add_served_arguments(parser)
     parser.add_argument("--sigma", type=float)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-sweeps", action="store_true")
@@ -446,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
     for f in dataclasses.fields(AudioEvalConfig):
         given = getattr(args, f.name, None)
         if given is not None:
-            values[f.name] = given
+            values[f.name] = tuple(given) if isinstance(given, list) else given
     values["sweeps"] = not args.no_sweeps
     try:
         config = AudioEvalConfig(**values)

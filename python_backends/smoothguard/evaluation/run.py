@@ -64,6 +64,8 @@ def check_config(config: Any) -> None:
     unit = getattr(config, "noise_unit", None)  # images only; audio states sigma per clip
     if unit is not None and unit not in NOISE_UNITS:
         raise ValueError(f"--noise-unit must be one of {', '.join(NOISE_UNITS)}, got {unit!r}")
+    if not config.served and (config.headers or config.root_certificates):
+        raise ValueError("--header and --root-certificates apply to --served only")
     if config.num_samples > DefenseSettings.num_samples_max:
         raise ValueError(
             f"--num-samples must be at most {DefenseSettings.num_samples_max}, "
@@ -100,6 +102,8 @@ class EvalConfig:
     seed: int = 0
     served: str | None = None
     concurrency: int = 8  # requests in flight at once with --served
+    root_certificates: str | None = None  # CA bundle: TLS to the served endpoint
+    headers: tuple[tuple[str, str], ...] = ()  # gRPC metadata for --served; never saved
     sweeps: bool = True
     adaptive: bool = True
 
@@ -157,6 +161,32 @@ def attack_plan(config: EvalConfig) -> list[AttackRun]:
         plan.append(AttackRun(f"eot-pgd-{top_pope}", "pope", eot(top_pope), "flip"))
         plan.append(AttackRun(f"eot-targeted-{top_target}", "safety", eot(top_target), "marker"))
     return plan
+
+
+def public_config(config: Any) -> dict[str, Any]:
+    """The config as results.json keeps it: paths as text, and only the names of headers
+    (their values are credentials)."""
+    out = {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(config).items()}
+    out["headers"] = [name for name, _ in config.headers]
+    return out
+
+
+def add_served_arguments(parser: argparse.ArgumentParser) -> None:
+    """How to reach a served endpoint as production runs it, shared by both evaluations."""
+    from smoothguard_client.cli import parse_header
+
+    parser.add_argument("--concurrency", type=int, help="requests in flight with --served (8)")
+    parser.add_argument(
+        "--root-certificates", metavar="PEM", help="TLS to --served with this CA bundle"
+    )
+    parser.add_argument(
+        "--header",
+        dest="headers",
+        type=parse_header,
+        action="append",
+        metavar="NAME=VALUE",
+        help="gRPC metadata for --served, repeatable (auth token, admin key)",
+    )
 
 
 def saved_config(eval_dir: Path) -> dict[str, Any]:
@@ -424,9 +454,7 @@ def evaluate(config: EvalConfig, log: Callable[[str], None] = print) -> dict[str
     stack = {task: np.stack([it.image for it in items]) for task, items in bench.items()}
 
     results: dict[str, Any] = {
-        "config": {
-            k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(config).items()
-        },
+        "config": public_config(config),
         "items": {task: len(items) for task, items in bench.items()},
         "path": "served " + config.served if config.served else "in-process",
     }
@@ -536,16 +564,24 @@ def served_answerer(config: EvalConfig, log: Callable[[str], None] = print) -> S
     from smoothguard_client import SmoothGuardError
 
     answerer = ServedAnswerer(
-        config.served or "", config.max_new_tokens, concurrency=config.concurrency
+        config.served or "",
+        config.max_new_tokens,
+        concurrency=config.concurrency,
+        root_certificates=config.root_certificates,
+        headers=dict(config.headers),
     )
     try:
-        served_unit = answerer.client.defense_parameters().get("noise_unit")
+        params = answerer.client.defense_parameters()
     except SmoothGuardError as exc:
         log(
             f"could not read the server's noise unit ({exc.status}: {exc.message}); "
             f"taking --noise-unit {config.noise_unit} on trust"
         )
         return answerer
+    if params.get("allow_seed", "true").lower() == "false":
+        answerer.seeded = False
+        log("the server refuses seeds (allow_seed false): defended answers are drawn unseeded")
+    served_unit = params.get("noise_unit")
     if served_unit and served_unit != config.noise_unit:
         raise ServedMismatch(
             f"the server at {config.served} states sigma in {served_unit} units; "
@@ -635,9 +671,9 @@ def main(argv: list[str] | None = None) -> int:
         "num_samples",
         "sweep_items",
         "seed",
-        "concurrency",
     ):
         parser.add_argument("--" + name.replace("_", "-"), type=int)
+    add_served_arguments(parser)
     parser.add_argument("--sigma", type=float)
     parser.add_argument(
         "--noise-unit",
@@ -650,7 +686,7 @@ def main(argv: list[str] | None = None) -> int:
     for f in dataclasses.fields(EvalConfig):
         given = getattr(args, f.name, None)
         if given is not None:
-            values[f.name] = given
+            values[f.name] = tuple(given) if isinstance(given, list) else given
     values["sweeps"] = not args.no_sweeps
     try:
         config = EvalConfig(**values)

@@ -47,3 +47,22 @@ def test_an_unknown_noise_unit_is_a_usage_error(
     assert "--noise-unit" in capsys.readouterr().err and not any(tmp_path.iterdir())
     with pytest.raises(ValueError, match="--noise-unit must be one of"):
         image.EvalConfig(out=tmp_path, noise_unit="decibel")
+
+
+@pytest.mark.parametrize("main", [image.main, audio.main], ids=["image", "audio"])
+@pytest.mark.parametrize(
+    "argv", [["--header", "x-key=1"], ["--root-certificates", "ca.pem"]], ids=["header", "ca"]
+)
+def test_connection_options_need_served(
+    main, argv: list[str], capsys: pytest.CaptureFixture[str], tmp_path
+) -> None:
+    with pytest.raises(SystemExit) as stop:
+        main([*argv, "--out", str(tmp_path)])
+    assert stop.value.code == 2
+    assert "apply to --served only" in capsys.readouterr().err and not any(tmp_path.iterdir())
+
+
+def test_header_values_are_not_saved(tmp_path) -> None:
+    config = image.EvalConfig(out=tmp_path, served="127.0.0.1:1", headers=(("x-key", "secret"),))
+    saved = image.public_config(config)
+    assert saved["headers"] == ["x-key"] and "secret" not in str(saved)
