@@ -38,6 +38,14 @@ def test_a_served_defense_in_another_noise_unit_is_refused(
     assert not (tmp_path / "out").exists()
 
 
+def test_audio_noise_in_another_unit_is_refused(triton: Any, tmp_path: Path) -> None:
+    # the server adds audio noise relative to each clip's RMS (defense.audio_noise_unit)
+    config = audio.AudioEvalConfig(out=tmp_path, served=triton.grpc_url)
+    with pytest.raises(run.ServedMismatch, match="audio noise in relative units"):
+        run.served_answerer(config, modality="audio", unit="absolute")
+    assert run.served_answerer(config, modality="audio", unit="relative").seeded
+
+
 def test_served_audio_evaluation(triton: Any, tmp_path: Path) -> None:
     argv = ["--smoke", "--no-sweeps", "--served", triton.grpc_url, "--out", str(tmp_path)]
     assert audio.main(argv) == 0

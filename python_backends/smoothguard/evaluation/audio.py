@@ -32,11 +32,11 @@ from smoothguard.evaluation.answerers import (
     Answer,
     Answerer,
     InProcessAnswerer,
-    ServedAnswerer,
 )
 from smoothguard.evaluation.run import (
     REPO_ROOT,
     AttackRun,
+    ServedMismatch,
     add_served_arguments,
     attack_success,
     check_config,
@@ -44,6 +44,7 @@ from smoothguard.evaluation.run import (
     compute_attack,
     fraction,
     public_config,
+    served_answerer,
 )
 from smoothguard.pipeline import SmoothGuard
 from smoothguard.settings import DefenseSettings, RequestOptions
@@ -194,21 +195,12 @@ def evaluate(config: AudioEvalConfig, log: Callable[[str], None] = print) -> dic
     from smoothguard.synthalm.model import AudioLanguageModel
     from smoothguard.synthaudio import HARMFUL_MARKER, load_benchmark
 
-    config.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    bench = load_benchmark(config.split, config.n_pope, config.n_describe, config.n_safety)  # type: ignore[arg-type]
     model = AudioLanguageModel.load(config.model_path)
     settings = DefenseSettings(max_new_tokens=config.max_new_tokens, sigma=config.sigma)
     answerer: Answerer
-    if config.served:
-        answerer = ServedAnswerer(
-            config.served,
-            config.max_new_tokens,
-            modality="audio",
-            concurrency=config.concurrency,
-            root_certificates=config.root_certificates,
-            headers=dict(config.headers),
-        )
+    if config.served:  # refused before anything is written when the units differ
+        answerer = served_answerer(config, log, modality="audio", unit=model.noise_unit)
     else:
         answerer = InProcessAudioAnswerer(
             model,
@@ -217,6 +209,8 @@ def evaluate(config: AudioEvalConfig, log: Callable[[str], None] = print) -> dic
             config.max_new_tokens,
             config.batch_size,
         )
+    config.out.mkdir(parents=True, exist_ok=True)
+    bench = load_benchmark(config.split, config.n_pope, config.n_describe, config.n_safety)  # type: ignore[arg-type]
     scorer = AudioScorer()
     stack = {task: np.stack([it.waveform for it in items]) for task, items in bench.items()}
     results: dict[str, Any] = {
@@ -459,7 +453,10 @@ def main(argv: list[str] | None = None) -> int:
         config = AudioEvalConfig(**values)
     except ValueError as exc:
         parser.error(str(exc))
-    results = evaluate(config)
+    try:
+        results = evaluate(config)
+    except ServedMismatch as exc:
+        parser.error(str(exc))
     print(f"wrote {values['out']}/results.json and results.md in {results['seconds']} s")
     return 0
 

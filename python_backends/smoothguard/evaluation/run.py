@@ -557,15 +557,25 @@ class ServedMismatch(ValueError):
     """The served defense is not the one the evaluation was asked to measure."""
 
 
-def served_answerer(config: EvalConfig, log: Callable[[str], None] = print) -> ServedAnswerer:
-    """The served endpoints, once their noise unit is known to be the evaluation's: sigma
-    means something else in the other unit (3.7x the noise for CLIP's statistics), and the
-    EOT attacks draw the defense's noise in the evaluation's unit."""
+def served_answerer(
+    config: Any,
+    log: Callable[[str], None] = print,
+    *,
+    modality: str = "image",
+    unit: str | None = None,
+) -> ServedAnswerer:
+    """The served endpoints, once their noise unit is known to be the evaluation's (`unit`,
+    by default the image config's noise_unit): sigma means something else in another unit
+    (3.7x the noise in pixels for CLIP's statistics), and the EOT attacks draw the defense's
+    noise in the evaluation's unit."""
     from smoothguard_client import SmoothGuardError
 
+    expected = config.noise_unit if unit is None else unit
+    key = "noise_unit" if modality == "image" else f"{modality}_noise_unit"
     answerer = ServedAnswerer(
         config.served or "",
         config.max_new_tokens,
+        modality=modality,
         concurrency=config.concurrency,
         root_certificates=config.root_certificates,
         headers=dict(config.headers),
@@ -574,19 +584,19 @@ def served_answerer(config: EvalConfig, log: Callable[[str], None] = print) -> S
         params = answerer.client.defense_parameters()
     except SmoothGuardError as exc:
         log(
-            f"could not read the server's noise unit ({exc.status}: {exc.message}); "
-            f"taking --noise-unit {config.noise_unit} on trust"
+            f"could not read the server's {key} ({exc.status}: {exc.message}); "
+            f"taking {expected} on trust"
         )
         return answerer
     if params.get("allow_seed", "true").lower() == "false":
         answerer.seeded = False
         log("the server refuses seeds (allow_seed false): defended answers are drawn unseeded")
-    served_unit = params.get("noise_unit")
-    if served_unit and served_unit != config.noise_unit:
+    served_unit = params.get(key)
+    if served_unit and served_unit != expected:
+        hint = f"pass --noise-unit {served_unit} or " if modality == "image" else ""
         raise ServedMismatch(
-            f"the server at {config.served} states sigma in {served_unit} units; "
-            f"pass --noise-unit {served_unit} (or serve with defense.noise_unit "
-            f"{config.noise_unit})"
+            f"the server at {config.served} adds {modality} noise in {served_unit} units, "
+            f"this evaluation in {expected}; {hint}serve with defense.{key} {expected}"
         )
     return answerer
 
