@@ -128,7 +128,8 @@ def test_the_served_evaluation_reaches_a_secured_deployment(
     # without the key the unit cannot be read: said, and the flag is trusted
     logs.clear()
     served_answerer(EvalConfig(out=tmp_path, served=url, root_certificates=str(cert)), logs.append)
-    assert len(logs) == 1 and "taking --noise-unit normalized on trust" in logs[0]
+    assert len(logs) == 1 and "noise_unit" in logs[0]
+    assert "taking it to be normalized, as this evaluation's, on trust" in logs[0]
 
 
 def test_seeds_are_refused_when_configured(secure: tuple[Any, Path]) -> None:

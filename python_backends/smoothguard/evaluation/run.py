@@ -585,7 +585,7 @@ def served_answerer(
     except SmoothGuardError as exc:
         log(
             f"could not read the server's {key} ({exc.status}: {exc.message}); "
-            f"taking {expected} on trust"
+            f"taking it to be {expected}, as this evaluation's, on trust"
         )
         return answerer
     if params.get("allow_seed", "true").lower() == "false":
