@@ -88,14 +88,15 @@ def measure(saved: dict[str, Any], config: EvalConfig, model_path: Path) -> dict
     model = VisionLanguageModel.load(model_path)
     served = in_process_answerer(config, model)
     settings = served.settings
-    round_tripped = in_process_answerer(config, model)
-    round_tripped.guard = RoundTripGuard(
-        model,
-        served.guard.generate,
-        served.guard.embed,
-        image_mean=model.image_mean,
-        image_std=model.image_std,
-        settings=settings,
+    round_tripped = served.with_guard(
+        RoundTripGuard(
+            model,
+            served.guard.generate,
+            served.guard.embed,
+            image_mean=model.image_mean,
+            image_std=model.image_std,
+            settings=settings,
+        )
     )
     # EOT aims at the defense's own noise, not at this transformation
     attacks = saved_attacks(eval_dir, eot=False)
@@ -116,9 +117,7 @@ def measure(saved: dict[str, Any], config: EvalConfig, model_path: Path) -> dict
                     std=model.image_std,
                     rng=np.random.default_rng(seed),
                 )[:, 1]
-            return round_tripped.undefended(
-                reference_round_trip(values), [it.prompt for it in items]
-            )
+            return served.undefended(reference_round_trip(values), [it.prompt for it in items])
 
         return ask
 

@@ -7,6 +7,7 @@ endpoints over gRPC, so an attack computed once can be replayed against a deploy
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -62,6 +63,12 @@ class InProcessAnswerer:
             image_std=model.image_std,
             settings=settings,
         )
+
+    def with_guard(self, guard: Any) -> InProcessAnswerer:
+        """The same model and encoder behind another pipeline (a diagnostic's variant)."""
+        other = copy.copy(self)
+        other.guard = guard
+        return other
 
     def _pixels(self, images: np.ndarray) -> np.ndarray:
         return self.model.preprocess(list(images)).numpy()

@@ -17,7 +17,6 @@ OUT/attacks/ and reused (evaluation.run.compute_attack).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -36,7 +35,6 @@ from smoothguard.evaluation.answerers import (
 from smoothguard.evaluation.run import (
     REPO_ROOT,
     AttackRun,
-    ServedMismatch,
     add_served_arguments,
     attack_success,
     check_config,
@@ -44,6 +42,7 @@ from smoothguard.evaluation.run import (
     compute_attack,
     fraction,
     public_config,
+    run_from_args,
     served_answerer,
 )
 from smoothguard.pipeline import SmoothGuard
@@ -443,22 +442,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    values: dict[str, Any] = dict(SMOKE) if args.smoke else {}
-    for f in dataclasses.fields(AudioEvalConfig):
-        given = getattr(args, f.name, None)
-        if given is not None:
-            values[f.name] = tuple(given) if isinstance(given, list) else given
-    values["sweeps"] = not args.no_sweeps
-    try:
-        config = AudioEvalConfig(**values)
-    except ValueError as exc:
-        parser.error(str(exc))
-    try:
-        results = evaluate(config)
-    except ServedMismatch as exc:
-        parser.error(str(exc))
-    print(f"wrote {values['out']}/results.json and results.md in {results['seconds']} s")
-    return 0
+    return run_from_args(parser, args, AudioEvalConfig, SMOKE, evaluate)
 
 
 if __name__ == "__main__":

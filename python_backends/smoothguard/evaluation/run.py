@@ -692,19 +692,31 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-sweeps", action="store_true")
     args = parser.parse_args(argv)
-    values: dict[str, Any] = dict(SMOKE) if args.smoke else {}
-    for f in dataclasses.fields(EvalConfig):
+    return run_from_args(parser, args, EvalConfig, SMOKE, evaluate)
+
+
+def run_from_args(
+    parser: argparse.ArgumentParser,
+    args: argparse.Namespace,
+    config_type: Any,
+    smoke: dict[str, Any],
+    run: Callable[[Any], dict[str, Any]],
+) -> int:
+    """The end of both evaluation commands: flags over the smoke or default settings, then
+    the run; a bad budget or a mismatched server is a usage error, not a traceback."""
+    values: dict[str, Any] = dict(smoke) if args.smoke else {}
+    for f in dataclasses.fields(config_type):
         given = getattr(args, f.name, None)
         if given is not None:
             values[f.name] = tuple(given) if isinstance(given, list) else given
     values["sweeps"] = not args.no_sweeps
     try:
-        config = EvalConfig(**values)
+        config = config_type(**values)
     except ValueError as exc:
         parser.error(str(exc))
     try:
-        results = evaluate(config)
+        results = run(config)
     except ServedMismatch as exc:
         parser.error(str(exc))
-    print(f"wrote {values['out']}/results.json and results.md in {results['seconds']} s")
+    print(f"wrote {config.out}/results.json and results.md in {results['seconds']} s")
     return 0
