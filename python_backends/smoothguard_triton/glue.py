@@ -54,11 +54,16 @@ def optional_input(request: Any, name: str) -> np.ndarray | None:
     return None if tensor is None else tensor.as_numpy()
 
 
-def required_input(request: Any, name: str) -> np.ndarray:
-    array = optional_input(request, name)
-    if array is None:
+def required_tensor(request: Any, name: str) -> Any:
+    """The pb_utils.Tensor itself, for handing on to another model without a copy."""
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    if tensor is None:
         raise InvalidRequest(f"input {name} is required")
-    return array
+    return tensor
+
+
+def required_input(request: Any, name: str) -> np.ndarray:
+    return required_tensor(request, name).as_numpy()
 
 
 # The per-request options every defended endpoint takes, as (input name, keyword).

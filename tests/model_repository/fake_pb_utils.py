@@ -36,6 +36,9 @@ class Tensor:
     def as_numpy(self) -> np.ndarray:
         return self._array
 
+    def shape(self) -> list[int]:
+        return list(self._array.shape)
+
 
 class InferenceResponse:
     def __init__(self, output_tensors: list[Tensor] | None = None, error: Any = None) -> None:

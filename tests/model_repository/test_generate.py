@@ -149,3 +149,39 @@ def test_unknown_fanout_is_a_config_error(load_model: Any, pb_utils: ModuleType)
     params = DefenseSettings().to_parameters() | {"mllm_model": "mllm", "fanout": "spray"}
     with pytest.raises(ValueError, match="fanout"):
         model.initialize(pb_utils.model_args(params))
+
+
+def test_all_copies_are_handed_on_without_a_copy(load_model: Any, pb_utils: ModuleType) -> None:
+    """One group holding every copy sends the step's own input tensor (the Python backend then
+    passes its shared memory on); a part of the copies is a new tensor."""
+    sent: list[Any] = []
+
+    async def handler(call: Any) -> Any:
+        tensor = next(t for t in call.inputs if t.name() == "PIXEL_VALUES")
+        sent.append(tensor)
+        texts = np.array([[b"yes"]] * tensor.as_numpy().shape[0], np.object_)
+        return pb_utils.InferenceResponse([pb_utils.Tensor("TEXT", texts)])
+
+    pb_utils.bls_handler = handler
+    model = load_model("generate").TritonPythonModel()
+    params = DefenseSettings().to_parameters() | {
+        "mllm_model": "mllm",
+        "fanout": "batch",
+        "mllm_max_batch_size": "8",
+    }
+    model.initialize(pb_utils.model_args(params))
+    whole = make_request(pb_utils, 5)
+    (response,) = asyncio.run(model.execute([whole]))
+    assert not response.has_error()
+    assert sent == [pb_utils.get_input_tensor_by_name(whole, "PIXEL_VALUES")]
+
+    sent.clear()
+    parts = make_request(pb_utils, 10)  # 8 + 2 rows
+    (response,) = asyncio.run(model.execute([parts]))
+    assert not response.has_error()
+    own = pb_utils.get_input_tensor_by_name(parts, "PIXEL_VALUES")
+    assert all(t is not own for t in sent)
+    assert sorted(t.as_numpy()[:, 0, 0, 0].tolist() for t in sent) == [
+        list(range(8)),
+        [8, 9],
+    ]

@@ -20,6 +20,7 @@ from smoothguard_triton.glue import (
     limit_threads,
     model_parameters,
     required_input,
+    required_tensor,
 )
 
 
@@ -35,10 +36,9 @@ class TritonPythonModel:
         limit_threads(params)
         self.settings = DefenseSettings.from_parameters(params)
         self.mllm = params["mllm_model"]
-        # The copies' tensor name here and at the MLLM: PIXEL_VALUES for images; the audio
-        # endpoint (generate_audio, same code) takes AUDIO_VALUES and sends mllm_audio AUDIO.
+        # The copies' tensor name, the same here and at the MLLM: PIXEL_VALUES for images,
+        # AUDIO for the audio endpoint (generate_audio, same code).
         self.samples_input = params.get("samples_input", "PIXEL_VALUES")
-        self.mllm_input = params.get("mllm_input", "PIXEL_VALUES")
         # Upper bound on one round of MLLM calls, so a stuck or overloaded MLLM fails the
         # request with a clear UNAVAILABLE instead of holding it (and this instance) forever.
         timeout = float(params.get("mllm_timeout_s", "0") or 0)
@@ -55,10 +55,10 @@ class TritonPythonModel:
 
     async def _one(self, request):
         try:
-            samples = required_input(request, self.samples_input)
+            samples = required_tensor(request, self.samples_input)
             prompt = required_input(request, "PROMPT").reshape(1, 1)
             options = RequestOptions.from_json(required_input(request, "OPTIONS").reshape(-1)[0])
-            n = samples.shape[0]
+            n = samples.shape()[0]
             first = first_round(
                 n, adaptive=options.adaptive, initial=self.settings.adaptive_initial
             )
@@ -85,7 +85,7 @@ class TritonPythonModel:
                     model_name=self.mllm,
                     requested_output_names=["TEXT"],
                     inputs=[
-                        pb_utils.Tensor(self.mllm_input, samples[group[0] : group[-1] + 1]),
+                        self._copies(samples, group),
                         pb_utils.Tensor("PROMPT", np.repeat(prompt, len(group), axis=0)),
                         pb_utils.Tensor(
                             "MAX_NEW_TOKENS",
@@ -115,6 +115,14 @@ class TritonPythonModel:
                 rows = pb_utils.get_output_tensor_by_name(response, "TEXT").as_numpy()
                 texts += [t.decode("utf-8", errors="replace") for t in rows.reshape(-1)]
         return texts
+
+    def _copies(self, samples, group):
+        """The group's rows as the MLLM's input. All of them: this step's own input tensor,
+        which the Python backend hands on from shared memory without a copy (N copies of the
+        image are ~0.5 MB at 64x64, far more for a 336-px model); a part is a new tensor."""
+        if len(group) == samples.shape()[0]:
+            return samples
+        return pb_utils.Tensor(self.samples_input, samples.as_numpy()[group[0] : group[-1] + 1])
 
     def _apply_failure_mode(self, texts):
         failures = [t for t in texts if isinstance(t, _Failed)]
