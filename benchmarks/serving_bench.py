@@ -9,8 +9,9 @@ SynthPOPE test images, measures `mllm` (one model call), `smoothguard` (N model 
 defense.adaptive_initial copies, all N only on disagreement) at each concurrency, and records
 for every window the CPU time per request of tritonserver and of each model's stubs. At the
 first concurrency it also times the in-process pipeline on the same inputs, so the serving
-overhead is visible, in `--rounds` paired rounds (served windows, then in process) whose
-median gives the concurrency-1 ratios. Results: results.json, results.md and
+overhead is visible. At the first and the last concurrency the series are measured in
+`--rounds` paired rounds (at the first, each followed by the in-process pipeline); the
+ratios are the median round. Results: results.json, results.md and
 latency_vs_throughput.png.
 """
 
@@ -296,7 +297,9 @@ def markdown(results: dict[str, Any]) -> str:
             "Triton):",
             f"- defended / undefended p50 at concurrency 1: **{s['p50_ratio_c1']:.2f}x** "
             f"({_spread(s, 'p50_ratio_c1')}; naive sequential: about {n}x)",
-            f"- defended / undefended throughput at saturation: **{s['throughput_ratio']:.2f}**",
+            "- defended / undefended throughput at saturation (concurrency "
+            f"{s['saturation_concurrency']}): **{s['throughput_ratio']:.2f}** "
+            f"({_spread(s, 'throughput_ratio')})",
             f"- served p50 at concurrency 1 {s['served_p50_c1_ms']:.0f} ms vs in-process "
             f"{s['in_process_p50_ms']:.0f} ms: serving overhead **{s['serving_overhead']:.2f}x** "
             f"({_spread(s, 'serving_overhead')})",
@@ -327,28 +330,29 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 def summary(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The issue's three ratios per defended series; the c=1 ones as the median paired round
-    with the lowest and highest round beside it."""
-    mllm = results["perf"]["mllm"]
+    """The issue's three ratios per defended series, each the median of its paired rounds with
+    the lowest and highest round beside it."""
     rounds = results["rounds"]
+    saturation = results["saturation"]["rounds"]
     out: dict[str, dict[str, Any]] = {}
     for label, key in (("smoothguard", "defended"), ("smoothguard adaptive", "adaptive")):
-        guard = results["perf"][label]
         served = [r["served_p50_ms"][label] for r in rounds]
         in_process = [r[f"{key}_p50_ms"] for r in rounds]
         latency = [s / r["served_p50_ms"]["mllm"] for s, r in zip(served, rounds, strict=True)]
         overhead = [s / i for s, i in zip(served, in_process, strict=True)]
+        throughput = [r["throughput_rps"][label] / r["throughput_rps"]["mllm"] for r in saturation]
         out[label] = {
             "p50_ratio_c1": float(np.median(latency)),
             "p50_ratio_c1_range": [min(latency), max(latency)],
-            "throughput_ratio": max(r["throughput_rps"] for r in guard)
-            / max(r["throughput_rps"] for r in mllm),
+            "throughput_ratio": float(np.median(throughput)),
+            "throughput_ratio_range": [min(throughput), max(throughput)],
+            "saturation_concurrency": results["saturation"]["concurrency"],
             "served_p50_c1_ms": float(np.median(served)),
             "in_process_p50_ms": float(np.median(in_process)),
             "serving_overhead": float(np.median(overhead)),
             "serving_overhead_range": [min(overhead), max(overhead)],
             "rounds": len(rounds),
-            "model_calls": float(np.mean([r["model_calls"] for r in guard])),
+            "model_calls": float(np.mean([r["model_calls"] for r in results["perf"][label]])),
         }
     return out
 
@@ -367,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
         "--rounds",
         type=int,
         default=3,
-        help="paired concurrency-1 rounds (served windows, then in process) behind the c=1 ratios",
+        help="paired rounds at the first and last concurrency behind the ratios",
     )
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args(argv)
@@ -399,6 +403,7 @@ def main(argv: list[str] | None = None) -> int:
             for label, model, adaptive in SERIES
         }
         results["perf"] = {label: [] for label, _, _ in SERIES}
+        pipeline: InProcess | None = None
         # Series interleaved at each concurrency, so that a shared machine's drift in speed
         # falls on all three alike instead of on whichever series ran last.
         for c in args.concurrency:
@@ -410,24 +415,41 @@ def main(argv: list[str] | None = None) -> int:
                 row["model_calls"], row["cpu_ms_per_request"] = calls, cpu
                 print(f"{label} c={c}: {row}", flush=True)
                 results["perf"][label].append(row)
-            if c == args.concurrency[0]:
-                # The c=1 ratios compare latencies of 7-35 ms, which this kind of shared machine
-                # moves by 20-50% within minutes: each round pairs served windows with the
-                # in-process pipeline measured right after them, and the summary takes the
-                # median round. Round 1's windows are the table's c=1 rows.
-                pipeline = InProcess(items, args.num_samples, args.max_new_tokens, threads=2)
-                repeats = max(60, args.items)
-                first = {label: rows[-1]["p50_ms"] for label, rows in results["perf"].items()}
-                results["rounds"] = [{"served_p50_ms": first, **pipeline.p50s(repeats)}]
-                for r in range(2, args.rounds + 1):
-                    served = {
+            # The ratios compare figures that this kind of shared machine moves by 20-50%
+            # within minutes, so at the first (latency) and the last (saturation) concurrency
+            # the series are measured in --rounds paired rounds and the summary takes the
+            # median round. Round 1 is the table's windows; at the first concurrency each
+            # round ends with the in-process pipeline, timed right after the windows it is
+            # set against.
+            if c not in (args.concurrency[0], args.concurrency[-1]):
+                continue
+            rounds = []
+            for r in range(1, args.rounds + 1):
+                if r == 1:
+                    window = {label: rows[-1] for label, rows in results["perf"].items()}
+                else:
+                    window = {
                         label: run_perf_analyzer(
                             model, url, inputs[label], c, args.requests, out, f"{label} r{r}"
-                        )["p50_ms"]
+                        )
                         for label, model, _ in SERIES
                     }
-                    results["rounds"].append({"served_p50_ms": served, **pipeline.p50s(repeats)})
-                    print(f"round {r}: {results['rounds'][-1]}", flush=True)
+                entry: dict[str, Any] = {
+                    "served_p50_ms": {k: w["p50_ms"] for k, w in window.items()},
+                    "throughput_rps": {k: w["throughput_rps"] for k, w in window.items()},
+                }
+                if c == args.concurrency[0]:
+                    if pipeline is None:
+                        pipeline = InProcess(
+                            items, args.num_samples, args.max_new_tokens, threads=2
+                        )
+                    entry.update(pipeline.p50s(max(60, args.items)))
+                rounds.append(entry)
+                print(f"c={c} round {r}: {entry}", flush=True)
+            if c == args.concurrency[0]:
+                results["rounds"] = rounds
+            if c == args.concurrency[-1]:
+                results["saturation"] = {"concurrency": c, "rounds": rounds}
         client.close()
     results["summary"] = summary(results)
     (out / "results.json").write_text(json.dumps(results, indent=2))

@@ -86,35 +86,42 @@ def test_other_failures_are_not_retried(
     assert windows(script) == [120]
 
 
-def test_c1_ratios_are_the_median_paired_round(bench: ModuleType) -> None:
-    """Each round's served p50s are divided by that round's own in-process (or bare) p50, and
-    the summary takes the median round: one slow minute moves the spread, not the figure."""
-
-    def window(rps: float, calls: float) -> dict[str, float]:
-        return {"throughput_rps": rps, "model_calls": calls}
-
+def test_ratios_are_the_median_paired_round(bench: ModuleType) -> None:
+    """Each round's figures are divided by that same round's bare model (or in-process
+    pipeline), and the summary takes the median round: one slow minute moves the spread, not
+    the figure."""
+    perf = {
+        "mllm": [{"model_calls": 1.0}],
+        "smoothguard": [{"model_calls": 10.0}],
+        "smoothguard adaptive": [{"model_calls": 4.0}, {"model_calls": 5.0}],
+    }
+    latency = [
+        {
+            "served_p50_ms": {"mllm": m, "smoothguard": s, "smoothguard adaptive": a},
+            "defended_p50_ms": d,
+            "adaptive_p50_ms": i,
+        }
+        for m, s, a, d, i in ((10, 30, 20, 20, 10), (20, 50, 40, 20, 20), (10, 40, 20, 40, 10))
+    ]
+    saturation = [
+        {"throughput_rps": {"mllm": m, "smoothguard": s, "smoothguard adaptive": a}}
+        for m, s, a in ((400, 80, 100), (500, 80, 150), (600, 150, 120))
+    ]
     results = {
-        "perf": {
-            "mllm": [window(100, 1), window(400, 1)],
-            "smoothguard": [window(30, 10), window(80, 10)],
-            "smoothguard adaptive": [window(40, 4), window(120, 4)],
-        },
-        "rounds": [
-            {
-                "served_p50_ms": {"mllm": m, "smoothguard": s, "smoothguard adaptive": a},
-                "defended_p50_ms": d,
-                "adaptive_p50_ms": i,
-            }
-            for m, s, a, d, i in ((10, 30, 20, 20, 10), (20, 50, 40, 20, 20), (10, 40, 20, 40, 10))
-        ],
+        "perf": perf,
+        "rounds": latency,
+        "saturation": {"concurrency": 16, "rounds": saturation},
     }
     full = bench.summary(results)["smoothguard"]
     assert full["serving_overhead"] == 1.5  # rounds 1.5, 2.5, 1.0
     assert full["serving_overhead_range"] == [1.0, 2.5]
     assert full["p50_ratio_c1"] == 3.0  # rounds 3.0, 2.5, 4.0
-    assert full["throughput_ratio"] == 0.2 and full["rounds"] == 3
+    assert full["throughput_ratio"] == 0.2  # rounds 0.2, 0.16, 0.25
+    assert full["throughput_ratio_range"] == [0.16, 0.25]
+    assert full["rounds"] == 3 and full["saturation_concurrency"] == 16
     adaptive = bench.summary(results)["smoothguard adaptive"]
-    assert adaptive["serving_overhead"] == 2.0 and adaptive["model_calls"] == 4
+    assert adaptive["serving_overhead"] == 2.0 and adaptive["model_calls"] == 4.5
+    assert adaptive["throughput_ratio"] == 0.25  # rounds 0.25, 0.3, 0.2
 
 
 def test_zero_rounds_is_a_usage_error(bench: ModuleType, tmp_path: Path) -> None:

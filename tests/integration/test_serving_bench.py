@@ -41,6 +41,10 @@ def test_serving_bench_writes_every_series(
     ]
     assert adaptive["p50_ratio_c1"] == pytest.approx(sum(latency) / 2)
     assert results["perf"]["smoothguard"][0]["p50_ms"] == rounds[0]["served_p50_ms"]["smoothguard"]
+    # One concurrency is both the first and the last: the same rounds give the saturation ratio.
+    assert results["saturation"] == {"concurrency": 1, "rounds": rounds}
+    rps = [r["throughput_rps"]["smoothguard"] / r["throughput_rps"]["mllm"] for r in rounds]
+    assert full["throughput_ratio"] == pytest.approx(sum(rps) / 2)
     # CPU per request by process: the bare model costs the mllm stubs and Triton (idle stubs
     # tick a little: Triton checks on them); a defended request costs every step.
     bare = results["perf"]["mllm"][0]["cpu_ms_per_request"]
@@ -51,6 +55,6 @@ def test_serving_bench_writes_every_series(
     assert defended["mllm"] > bare["mllm"]
     markdown = (tmp_path / "results.md").read_text()
     assert "smoothguard adaptive" in markdown and "serving overhead" in markdown
-    assert "median of 2 paired rounds" in markdown
+    assert "median of 2 paired rounds" in markdown and "saturation (concurrency 1)" in markdown
     assert "CPU time per request at concurrency 1" in markdown
     assert (tmp_path / "latency_vs_throughput.png").stat().st_size > 10_000
