@@ -118,6 +118,17 @@ def test_adaptive_goes_to_full_n_on_disagreement(load_model: Any, pb_utils: Modu
     assert [t.decode() for t in response.output("CANDIDATES").reshape(-1)] == answers
 
 
+def batch_fanout_model(load_model: Any, pb_utils: ModuleType, rows_per_call: int) -> Any:
+    model = load_model("generate").TritonPythonModel()
+    params = DefenseSettings().to_parameters() | {
+        "mllm_model": "mllm",
+        "fanout": "batch",
+        "mllm_max_batch_size": str(rows_per_call),
+    }
+    model.initialize(pb_utils.model_args(params))
+    return model
+
+
 def test_batch_fanout_sends_rows_in_chunks(load_model: Any, pb_utils: ModuleType) -> None:
     calls: list[list[int]] = []
 
@@ -131,13 +142,7 @@ def test_batch_fanout_sends_rows_in_chunks(load_model: Any, pb_utils: ModuleType
         return pb_utils.InferenceResponse([pb_utils.Tensor("TEXT", texts)])
 
     pb_utils.bls_handler = handler
-    model = load_model("generate").TritonPythonModel()
-    params = DefenseSettings().to_parameters() | {
-        "mllm_model": "mllm",
-        "fanout": "batch",
-        "mllm_max_batch_size": "2",
-    }
-    model.initialize(pb_utils.model_args(params))
+    model = batch_fanout_model(load_model, pb_utils, rows_per_call=2)
     (response,) = asyncio.run(model.execute([make_request(pb_utils, 5)]))
     assert sorted(calls) == [[0, 1], [2, 3], [4]]
     texts = [t.decode() for t in response.output("CANDIDATES").reshape(-1)]
@@ -163,13 +168,7 @@ def test_all_copies_are_handed_on_without_a_copy(load_model: Any, pb_utils: Modu
         return pb_utils.InferenceResponse([pb_utils.Tensor("TEXT", texts)])
 
     pb_utils.bls_handler = handler
-    model = load_model("generate").TritonPythonModel()
-    params = DefenseSettings().to_parameters() | {
-        "mllm_model": "mllm",
-        "fanout": "batch",
-        "mllm_max_batch_size": "8",
-    }
-    model.initialize(pb_utils.model_args(params))
+    model = batch_fanout_model(load_model, pb_utils, rows_per_call=8)
     whole = make_request(pb_utils, 5)
     (response,) = asyncio.run(model.execute([whole]))
     assert not response.has_error()
