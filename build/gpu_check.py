@@ -1,5 +1,6 @@
-"""On a machine with a GPU: the CuPy steps against their NumPy twins, then the cpu profile's
-default model (models/synthvlm) through the real tritonserver with the defense on the GPU.
+"""On a machine with a GPU: the CuPy steps against their NumPy twins, the cpu profile's default
+model (models/synthvlm) on CUDA against the CPU, then that model through the real tritonserver
+with the defense on the GPU.
 
     python build/gpu_check.py [--skip-server]
 
@@ -21,7 +22,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "python_backends"))
 sys.path.insert(0, str(REPO_ROOT / "build"))
 
-from smoothguard.aggregate import select  # noqa: E402
+from smoothguard.aggregate import GPU_MIN_POINTS, select  # noqa: E402
 from smoothguard.kmeans import kmeans2  # noqa: E402
 from smoothguard.noise import make_rng, noisy_copies  # noqa: E402
 from smoothguard.xp import cuml_available, gpu_available  # noqa: E402
@@ -78,8 +79,61 @@ def check_arrays() -> list[str]:
         if cuml_available() and n > 12:
             line += f"  cuml {timed(lambda e=eg: kmeans2(e, backend='cuml'), sync, 5):.2f} ms"
         print(line)
+    emb = rng.normal(size=(1, 10, 384)).astype(np.float32)  # one served request
+    eg = cp.asarray(emb)
+    t_np, t_cp = timed(lambda: select(emb), lambda: None), timed(lambda: select(eg), sync)
+    print(
+        f"select, one request N=10 D=384: numpy {t_np:.2f} ms  cupy input {t_cp:.2f} ms "
+        f"(on the host below {GPU_MIN_POINTS} points)"
+    )
     if not cuml_available():
         print("cuml: not installed (kmeans uses CuPy only)")
+    return failures
+
+
+def check_model(items: int = 32, num_samples: int = 10) -> list[str]:
+    """The cpu profile's default model on CUDA (the mllm step's `device: gpu`): its answers on
+    noisy SynthPOPE copies against the CPU's, and one defended request's generate on each."""
+    import torch
+
+    from smoothguard.mllm import VisionLanguageModel
+    from smoothguard.synthpope import generate_split
+
+    cpu = VisionLanguageModel.load(REPO_ROOT / "models" / "synthvlm")
+    gpu = VisionLanguageModel.load(REPO_ROOT / "models" / "synthvlm", device="cuda")
+    scenes = generate_split("test", items)
+    prompts = [f"Is there a {s.objects[0][0]} {s.objects[0][1]} in the image?" for s in scenes]
+    pixels = cpu.preprocess([s.image for s in scenes]).numpy()
+    copies = [
+        noisy_copies(
+            p,
+            num_samples=num_samples,
+            sigma=0.15,
+            mean=cpu.image_mean,
+            std=cpu.image_std,
+            rng=make_rng(np, i),
+        )
+        for i, p in enumerate(pixels)
+    ]
+    same = total = 0
+    for rows, prompt in zip(copies, prompts, strict=True):
+        a = cpu.generate(rows, prompt, max_new_tokens=8)
+        b = gpu.generate(rows, prompt, max_new_tokens=8)
+        same += sum(x == y for x, y in zip(a, b, strict=True))
+        total += len(a)
+    print(f"synthvlm answers, cuda vs cpu: {same}/{total} identical on noisy copies")
+    failures = []
+    if same < 0.98 * total:  # float32 on another device may flip a near-tie, not more
+        failures.append(f"model: only {same}/{total} answers on CUDA match the CPU's")
+    sync = torch.cuda.synchronize
+    t_c = timed(lambda: cpu.generate(copies[0], prompts[0], max_new_tokens=8), lambda: None)
+    t_g = timed(lambda: gpu.generate(copies[0], prompts[0], max_new_tokens=8), sync)
+    big = np.concatenate(copies[:16])
+    t_b = timed(lambda: gpu.generate(big, prompts[0], max_new_tokens=8), sync)
+    print(
+        f"synthvlm generate, {num_samples} rows: cpu {t_c:.1f} ms  cuda {t_g:.1f} ms; "
+        f"{len(big)} rows on cuda {t_b:.1f} ms"
+    )
     return failures
 
 
@@ -129,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     failures = check_arrays()
+    failures += check_model()
     if not args.skip_server:
         failures += check_server()
     for failure in failures:

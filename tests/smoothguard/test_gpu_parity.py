@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from smoothguard.aggregate import select
+from smoothguard.aggregate import GPU_MIN_POINTS, select
 from smoothguard.embedder_pool import mean_pool
 from smoothguard.kmeans import kmeans2
 from smoothguard.noise import make_rng, noisy_copies
@@ -66,9 +66,11 @@ def test_cuml_backend_matches_on_separated_clusters() -> None:
     np.testing.assert_array_equal(cp.asnumpy(gpu.labels), cpu.labels)
 
 
-def test_selection_matches_numpy() -> None:
+@pytest.mark.parametrize("requests", [1, 8, 32])  # 10, 80 points: on the host; 320: CuPy
+def test_selection_matches_numpy(requests: int) -> None:
     rng = np.random.default_rng(7)
-    emb = rng.normal(size=(8, 10, 24)).astype(np.float32)
+    emb = rng.normal(size=(requests, 10, 24)).astype(np.float32)
+    assert (requests * 10 >= GPU_MIN_POINTS) == (requests == 32)
     assert select(cp.asarray(emb)) == select(emb)
 
 
