@@ -91,49 +91,64 @@ def check_arrays() -> list[str]:
     return failures
 
 
-def check_model(items: int = 32, num_samples: int = 10) -> list[str]:
-    """The cpu profile's default model on CUDA (the mllm step's `device: gpu`): its answers on
-    noisy SynthPOPE copies against the CPU's, and one defended request's generate on each."""
-    import torch
-
+def check_models(items: int = 32, num_samples: int = 10) -> list[str]:
+    """The cpu profile's default models on CUDA (the mllm steps' `device: gpu`): their answers
+    on noisy copies of benchmark inputs against the CPU's, and generate's time on each."""
+    from smoothguard import audio
     from smoothguard.mllm import VisionLanguageModel
+    from smoothguard.synthalm.model import AudioLanguageModel
+    from smoothguard.synthaudio.dataset import load_benchmark
     from smoothguard.synthpope import generate_split
 
-    cpu = VisionLanguageModel.load(REPO_ROOT / "models" / "synthvlm")
-    gpu = VisionLanguageModel.load(REPO_ROOT / "models" / "synthvlm", device="cuda")
+    failures = []
+    vlm = [VisionLanguageModel.load(REPO_ROOT / "models" / "synthvlm", device=d) for d in DEVICES]
     scenes = generate_split("test", items)
     prompts = [f"Is there a {s.objects[0][0]} {s.objects[0][1]} in the image?" for s in scenes]
-    pixels = cpu.preprocess([s.image for s in scenes]).numpy()
+    pixels = vlm[0].preprocess([s.image for s in scenes]).numpy()
+    kw = {"num_samples": num_samples, "sigma": 0.15, "mean": vlm[0].image_mean}
     copies = [
-        noisy_copies(
-            p,
-            num_samples=num_samples,
-            sigma=0.15,
-            mean=cpu.image_mean,
-            std=cpu.image_std,
-            rng=make_rng(np, i),
-        )
+        noisy_copies(p, std=vlm[0].image_std, rng=make_rng(np, i), **kw)
         for i, p in enumerate(pixels)
     ]
+    failures += _compare("synthvlm", vlm, copies, prompts)
+
+    alm = [AudioLanguageModel.load(REPO_ROOT / "models" / "synthalm", device=d) for d in DEVICES]
+    clips = load_benchmark("test", items, 0, 0)["pope"]
+    waves = alm[0].preprocess([c.waveform for c in clips]).numpy()
+    copies = [
+        audio.noisy_copies(w, num_samples=num_samples, sigma=0.25, rng=make_rng(np, i))
+        for i, w in enumerate(waves)
+    ]
+    failures += _compare("synthalm", alm, copies, [c.prompt for c in clips])
+    return failures
+
+
+DEVICES = ("cpu", "cuda")
+
+
+def _compare(name: str, models: list[Any], copies: list[Any], prompts: list[str]) -> list[str]:
+    import torch
+
+    cpu, gpu = models
     same = total = 0
     for rows, prompt in zip(copies, prompts, strict=True):
         a = cpu.generate(rows, prompt, max_new_tokens=8)
         b = gpu.generate(rows, prompt, max_new_tokens=8)
         same += sum(x == y for x, y in zip(a, b, strict=True))
         total += len(a)
-    print(f"synthvlm answers, cuda vs cpu: {same}/{total} identical on noisy copies")
+    print(f"{name} answers, cuda vs cpu: {same}/{total} identical on noisy copies")
     failures = []
     if same < 0.98 * total:  # float32 on another device may flip a near-tie, not more
-        failures.append(f"model: only {same}/{total} answers on CUDA match the CPU's")
-    sync = torch.cuda.synchronize
-    t_c = timed(lambda: cpu.generate(copies[0], prompts[0], max_new_tokens=8), lambda: None)
-    t_g = timed(lambda: gpu.generate(copies[0], prompts[0], max_new_tokens=8), sync)
+        failures.append(f"{name}: only {same}/{total} answers on CUDA match the CPU's")
     big = np.concatenate(copies[:16])
-    t_b = timed(lambda: gpu.generate(big, prompts[0], max_new_tokens=8), sync)
-    print(
-        f"synthvlm generate, {num_samples} rows: cpu {t_c:.1f} ms  cuda {t_g:.1f} ms; "
-        f"{len(big)} rows on cuda {t_b:.1f} ms"
-    )
+    line = []
+    for rows in (copies[0][:1], copies[0], big):
+        t_c = timed(lambda r=rows: cpu.generate(r, prompts[0], max_new_tokens=8), lambda: None)
+        t_g = timed(
+            lambda r=rows: gpu.generate(r, prompts[0], max_new_tokens=8), torch.cuda.synchronize
+        )
+        line.append(f"{len(rows)} rows cpu {t_c:.1f} / cuda {t_g:.1f}")
+    print(f"{name} generate (ms): " + "; ".join(line))
     return failures
 
 
@@ -183,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     failures = check_arrays()
-    failures += check_model()
+    failures += check_models()
     if not args.skip_server:
         failures += check_server()
     for failure in failures:
