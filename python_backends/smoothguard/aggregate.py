@@ -35,9 +35,9 @@ from smoothguard.xp import array_module, is_cupy, to_numpy
 # Below this many points in one call (requests x candidates) the selection runs on the host
 # even for CuPy input: a CuPy pass costs 2.6-5 ms on an H200 whatever its size (kernel
 # launches, synchronisations), NumPy 0.15-0.6 ms for 4-32 points of 384-768 dims, 2.1-3.0 ms
-# at 128 and 6.8-9.2 ms at 256 (select on one request; build/gpu_check.py, 2026-11-30).
-# A served request has N = 10: 0.25 ms on the host instead of 2.7 on the device. The
-# selection is the same either way.
+# at 128 and 6.8-9.2 ms at 256 (select on one request, N = 4-512, swept on an H200 on
+# 2026-11-30; build/gpu_check.py times the N = 10 case). A served request has N = 10: 0.25 ms
+# on the host instead of 2.7 on the device. The selection is the same either way.
 GPU_MIN_POINTS = 192
 
 
