@@ -25,6 +25,7 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -329,6 +330,28 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def paired_rounds(
+    first: dict[str, dict[str, float]],
+    measure: Callable[[int], dict[str, dict[str, float]]],
+    rounds: int,
+    in_process: Callable[[], dict[str, float]] | None = None,
+) -> list[dict[str, Any]]:
+    """Each series' p50 and throughput per round (round 1: the windows already measured,
+    `first`; then `measure(r)`), each followed, where given, by the in-process timing."""
+    out = []
+    for r in range(1, rounds + 1):
+        window = first if r == 1 else measure(r)
+        entry: dict[str, Any] = {
+            "served_p50_ms": {k: w["p50_ms"] for k, w in window.items()},
+            "throughput_rps": {k: w["throughput_rps"] for k, w in window.items()},
+        }
+        if in_process is not None:
+            entry.update(in_process())
+        out.append(entry)
+        print(f"round {r}: {entry}", flush=True)
+    return out
+
+
 def summary(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The issue's three ratios per defended series, each the median of its paired rounds with
     the lowest and highest round beside it."""
@@ -403,7 +426,6 @@ def main(argv: list[str] | None = None) -> int:
             for label, model, adaptive in SERIES
         }
         results["perf"] = {label: [] for label, _, _ in SERIES}
-        pipeline: InProcess | None = None
         # Series interleaved at each concurrency, so that a shared machine's drift in speed
         # falls on all three alike instead of on whichever series ran last.
         for c in args.concurrency:
@@ -423,29 +445,21 @@ def main(argv: list[str] | None = None) -> int:
             # set against.
             if c not in (args.concurrency[0], args.concurrency[-1]):
                 continue
-            rounds = []
-            for r in range(1, args.rounds + 1):
-                if r == 1:
-                    window = {label: rows[-1] for label, rows in results["perf"].items()}
-                else:
-                    window = {
-                        label: run_perf_analyzer(
-                            model, url, inputs[label], c, args.requests, out, f"{label} r{r}"
-                        )
-                        for label, model, _ in SERIES
-                    }
-                entry: dict[str, Any] = {
-                    "served_p50_ms": {k: w["p50_ms"] for k, w in window.items()},
-                    "throughput_rps": {k: w["throughput_rps"] for k, w in window.items()},
-                }
-                if c == args.concurrency[0]:
-                    if pipeline is None:
-                        pipeline = InProcess(
-                            items, args.num_samples, args.max_new_tokens, threads=2
-                        )
-                    entry.update(pipeline.p50s(max(60, args.items)))
-                rounds.append(entry)
-                print(f"c={c} round {r}: {entry}", flush=True)
+            in_process = None
+            if c == args.concurrency[0]:
+                pipeline = InProcess(items, args.num_samples, args.max_new_tokens, threads=2)
+                in_process = functools.partial(pipeline.p50s, max(60, args.items))
+            rounds = paired_rounds(
+                {label: rows[-1] for label, rows in results["perf"].items()},
+                lambda r, c=c: {
+                    label: run_perf_analyzer(
+                        model, url, inputs[label], c, args.requests, out, f"{label} r{r}"
+                    )
+                    for label, model, _ in SERIES
+                },
+                args.rounds,
+                in_process,
+            )
             if c == args.concurrency[0]:
                 results["rounds"] = rounds
             if c == args.concurrency[-1]:

@@ -128,3 +128,25 @@ def test_zero_rounds_is_a_usage_error(bench: ModuleType, tmp_path: Path) -> None
     with pytest.raises(SystemExit) as stop:
         bench.main(["--out", str(tmp_path), "--rounds", "0"])
     assert stop.value.code == 2
+
+
+def test_paired_rounds_reuse_the_first_windows_and_time_each_round(bench: ModuleType) -> None:
+    def window(p50: float) -> dict[str, dict[str, float]]:
+        return {"mllm": {"p50_ms": p50, "throughput_rps": 1000 / p50}}
+
+    measured: list[int] = []
+    timed: list[int] = []
+
+    def measure(r: int) -> dict[str, dict[str, float]]:
+        measured.append(r)
+        return window(10.0 * r)
+
+    def in_process() -> dict[str, float]:
+        timed.append(len(timed) + 1)
+        return {"defended_p50_ms": float(len(timed))}
+
+    rounds = bench.paired_rounds(window(5.0), measure, 3, in_process)
+    assert measured == [2, 3] and timed == [1, 2, 3]
+    assert [r["served_p50_ms"]["mllm"] for r in rounds] == [5.0, 20.0, 30.0]
+    assert [r["defended_p50_ms"] for r in rounds] == [1.0, 2.0, 3.0]
+    assert "defended_p50_ms" not in bench.paired_rounds(window(5.0), measure, 1)[0]
