@@ -81,3 +81,21 @@ def test_mean_pool_matches_numpy() -> None:
     np.testing.assert_allclose(
         mean_pool(cp.asarray(hidden), cp.asarray(mask)).get(), mean_pool(hidden, mask), atol=1e-6
     )
+
+
+def test_small_selections_cluster_on_the_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under GPU_MIN_POINTS the k-means gets NumPy arrays even for CuPy input; above, CuPy."""
+    import smoothguard.aggregate as aggregate
+
+    seen: list[object] = []
+    real = aggregate.kmeans2
+
+    def spy(x: object, **kw: object) -> object:
+        seen.append(aggregate.array_module(x))
+        return real(x, **kw)
+
+    monkeypatch.setattr(aggregate, "kmeans2", spy)
+    rng = np.random.default_rng(3)
+    select(cp.asarray(rng.normal(size=(1, 10, 24)).astype(np.float32)))
+    select(cp.asarray(rng.normal(size=(32, 10, 24)).astype(np.float32)))
+    assert seen == [np, cp]
