@@ -5,6 +5,8 @@ PROFILE ?= cpu
 HTTP_PORT ?= 8000
 GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
+# Address of the public ports: 127.0.0.1 by default; BIND=0.0.0.0 opens them to the network.
+BIND ?= 127.0.0.1
 PYTEST_ARGS ?=
 
 .PHONY: install render serve test lint unit integration bench soak evaluate
@@ -19,7 +21,7 @@ render: install
 	$(PY) build/render.py --profile $(PROFILE)
 
 serve: install
-	$(PY) build/serve.py --profile $(PROFILE) --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
+	$(PY) build/serve.py --profile $(PROFILE) --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT) --bind $(BIND)
 
 lint: install
 	$(VENV)/bin/ruff check .

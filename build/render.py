@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import string
 import sys
@@ -234,6 +235,26 @@ def _copy_version(source: Path, target: Path, values: dict[str, str]) -> None:
         (target / link.stem).symlink_to(destination)
 
 
+PATH_PARAMETER = re.compile(
+    r'(parameters \{ key: "(?P<key>\w*_path)" value: \{ string_value: ")(?P<value>/[^"]*)(")'
+)
+
+
+def localise_paths(config: str, model_dir: Path) -> str:
+    """A Python model's absolute `*_path` parameters become links inside its own folder, so
+    the config that Triton serves to any client names `mllm_path`, not where this host keeps
+    its files (smoothguard_triton.glue.model_parameters resolves them back)."""
+    if 'backend: "python"' not in config:
+        return config  # other backends (TensorRT-LLM) read their paths themselves
+
+    def link(match: re.Match[str]) -> str:
+        key, value = match["key"], match["value"]
+        (model_dir / key).symlink_to(value, target_is_directory=True)
+        return f"{match[1]}{key}{match[4]}"
+
+    return PATH_PARAMETER.sub(link, config)
+
+
 def render(profile_name: str, out: Path, overrides: list[str] | None = None) -> Path:
     profile = load_profile(profile_name, overrides)
     values = substitutions(profile)
@@ -246,7 +267,7 @@ def render(profile_name: str, out: Path, overrides: list[str] | None = None) -> 
         parse_model_config(rendered, template)
         target = staging / name
         target.mkdir()
-        (target / "config.pbtxt").write_text(rendered)
+        (target / "config.pbtxt").write_text(localise_paths(rendered, target))
         for version_dir in _version_dirs(code):
             _copy_version(version_dir, target / version_dir.name, values)
         # Git keeps no empty folders; an ensemble still needs its (empty) version folder.

@@ -1,12 +1,13 @@
-"""Render a profile and run tritonserver in the foreground, with the stub watchdog.
+"""Render a profile and serve it in the foreground under smoothguard.supervisor.
 
-python build/serve.py --profile cpu [--grpc-port 8001 --http-port 8000 --metrics-port 8002]
+python build/serve.py --profile cpu [--bind 0.0.0.0] [--grpc-port 8001 --http-port 8000 ...]
 
-By default this process supervises tritonserver: it forwards SIGTERM/SIGINT (Triton then
-drains in-flight requests), exits with the server's status, and runs smoothguard.watchdog,
-which reloads a model whose Python stub died (Triton 2.51 never restarts one itself). With a
-restricted model-repository API the watchdog sends `smoothguard-admin-key: $ADMIN_KEY`.
-`--no-watchdog` execs tritonserver instead (no supervisor process, no reloads).
+The supervisor holds the public ports through the gateway (every request checked before
+tritonserver sees it), reloads a model whose Python stub died, restarts tritonserver if it
+exits, and on Ctrl-C / SIGTERM drains the requests in flight before it stops. The ports
+listen on 127.0.0.1 unless --bind opens them. The model-repository API (load, unload, index)
+and the trace, logging and shared-memory APIs need the header `smoothguard-admin-key: KEY`:
+KEY is $ADMIN_KEY, or a random one printed at start.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import secrets
 import sys
 from pathlib import Path
 
@@ -23,7 +25,11 @@ sys.path.insert(0, str(REPO_ROOT / "build"))
 
 from render import RenderError, render  # noqa: E402
 from smoothguard.server import ServerPorts, TritonServer, server_environment  # noqa: E402
-from smoothguard.watchdog import supervise  # noqa: E402
+from smoothguard.supervisor import Supervisor, install_signal_handlers  # noqa: E402
+
+# APIs an anonymous caller of `make serve` may not use; inference, health, metadata, model
+# config and statistics stay open (perf_analyzer reads the last two).
+RESTRICTED_APIS = "model-repository,shared-memory,trace,logging"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,10 +49,15 @@ def main(argv: list[str] | None = None) -> int:
         help="override one profile setting",
     )
     parser.add_argument(
+        "--bind",
+        default=os.environ.get("SMOOTHGUARD_BIND", "127.0.0.1"),
+        help="address of the public ports (default 127.0.0.1; 0.0.0.0 opens them)",
+    )
+    parser.add_argument(
         "--no-watchdog",
         dest="watchdog",
         action="store_false",
-        help="exec tritonserver directly, without the stub watchdog",
+        help="do not reload models whose Python stub died",
     )
     parser.add_argument("server_args", nargs="*", help="extra tritonserver flags (after --)")
     args = parser.parse_args(argv)
@@ -56,30 +67,45 @@ def main(argv: list[str] | None = None) -> int:
         print(f"serve: error: {exc}", file=sys.stderr)
         return 2
     ports = ServerPorts(http=args.http_port, grpc=args.grpc_port, metrics=args.metrics_port)
-    key = os.environ.get("ADMIN_KEY")
+    key = os.environ.get("ADMIN_KEY") or secrets.token_urlsafe(18)
+    shown = "$ADMIN_KEY" if os.environ.get("ADMIN_KEY") else key
+    restricted = [
+        f"--grpc-restricted-protocol={RESTRICTED_APIS}:smoothguard-admin-key={key}",
+        f"--http-restricted-api={RESTRICTED_APIS}:smoothguard-admin-key={key}",
+    ]
+    if any("restricted" in arg for arg in args.server_args):
+        restricted = []  # the caller chose its own restrictions
     server = TritonServer(
         repo,
         ports=ports,
-        extra_args=args.server_args,
+        extra_args=[*restricted, *args.server_args],
         watchdog=args.watchdog,
-        admin_headers={"smoothguard-admin-key": key} if key else None,
+        admin_headers={"smoothguard-admin-key": key},
     )
     try:
-        command = server.command()
-    except ValueError as exc:
+        supervisor = Supervisor(
+            server.command(),
+            bind=args.bind,
+            env=server_environment(),
+            headers=server.admin_headers,
+            watchdog=args.watchdog,
+            drain_timeout_s=server.exit_timeout_s,
+            stop_timeout_s=server.exit_timeout_s + 5,
+        )
+    except (ValueError, OSError) as exc:
         print(f"serve: error: {exc}", file=sys.stderr)
         return 2
-    print(f"serve: gRPC :{ports.grpc}  HTTP :{ports.http}  metrics :{ports.metrics}", flush=True)
-    if not args.watchdog:
-        os.execve(command[0], command, server_environment())
-    logging.basicConfig(level=logging.INFO, format="serve: %(message)s")
-    return supervise(
-        command,
-        env=server_environment(),
-        headers=server.admin_headers,
-        drain_timeout_s=server.exit_timeout_s,
-        stop_timeout_s=server.exit_timeout_s + 10,
+    where = "all interfaces" if args.bind in ("0.0.0.0", "::") else args.bind
+    print(
+        f"serve: gRPC :{ports.grpc}  HTTP :{ports.http}  metrics :{ports.metrics} on {where}\n"
+        f"serve: admin APIs ({RESTRICTED_APIS}) need the header smoothguard-admin-key: {shown}",
+        flush=True,
     )
+    logging.basicConfig(level=logging.INFO, format="serve: %(message)s")
+    install_signal_handlers(supervisor)
+    code = supervisor.run()
+    print(f"serve: stopped (exit {code})", flush=True)
+    return code
 
 
 if __name__ == "__main__":

@@ -22,8 +22,6 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from smoothguard.watchdog import StubWatchdog
-
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -129,7 +127,8 @@ RESPONSE_CACHE_ARG = "--cache-config=local,size=67108864"
 
 @dataclass
 class TritonServer:
-    """A tritonserver child process; use as a context manager or call start()/stop()."""
+    """tritonserver under smoothguard.supervisor (gateway in front, watchdog, drain), as a
+    child process; use as a context manager or call start()/stop()."""
 
     model_repository: Path
     ports: ServerPorts = field(default_factory=ServerPorts)
@@ -142,8 +141,9 @@ class TritonServer:
     watchdog: bool = False
     watchdog_interval_s: float = 2.0
     admin_headers: dict[str, str] | None = None
+    # Address of the public ports (the gateway's); tritonserver itself listens on loopback.
+    bind: str = "127.0.0.1"
     process: subprocess.Popen[bytes] | None = None
-    stub_watchdog: StubWatchdog | None = None
 
     def command(self) -> list[str]:
         backends = backend_directory(self.work_dir)
@@ -181,27 +181,42 @@ class TritonServer:
             *self.extra_args,
         ]
 
+    def supervisor_command(self) -> list[str]:
+        """tritonserver's command under smoothguard.supervisor, as every deployment runs it."""
+        flags = ["--interval", str(self.watchdog_interval_s), "--bind", self.bind]
+        if not self.watchdog:
+            flags.append("--no-watchdog")
+        return [sys.executable, "-m", "smoothguard.supervisor", *flags, "--", *self.command()]
+
     def start(self, timeout_s: float = 300.0) -> TritonServer:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_path or self.work_dir / f"tritonserver-{self.ports.grpc}.log"
         self.log_path = log_path
-        log = open(log_path, "wb")  # noqa: SIM115 - handed to the child process
+        log = open(log_path, "ab")  # noqa: SIM115 - handed to the child process
+        env = server_environment()
+        if self.admin_headers:
+            env["ADMIN_KEY"] = next(iter(self.admin_headers.values()))
         self.process = subprocess.Popen(
-            self.command(),
+            self.supervisor_command(),
             stdout=log,
             stderr=subprocess.STDOUT,
-            env=server_environment(),
+            env=env,
             start_new_session=True,
         )
+        log.close()
         self.wait_ready(timeout_s)
-        if self.watchdog:
-            self.stub_watchdog = StubWatchdog(
-                self.process.pid,
-                f"http://127.0.0.1:{self.ports.http}",
-                interval_s=self.watchdog_interval_s,
-                headers=self.admin_headers,
-            ).start()
         return self
+
+    def metric(self, name: str, labels: str = "") -> float:
+        """One sample of the server's metrics (Triton's and the supervisor's), 0 if absent."""
+        url = f"http://127.0.0.1:{self.ports.metrics}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            text = response.read().decode()
+        prefix = f"{name}{{{labels}}} " if labels else f"{name} "
+        for line in text.splitlines():
+            if line.startswith(prefix):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
 
     def wait_ready(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -229,17 +244,20 @@ class TritonServer:
             return ""
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
-    def stop(self, timeout_s: float = 60.0) -> int | None:
-        if self.stub_watchdog is not None:
-            self.stub_watchdog.stop()  # stubs exit on purpose from here on
-            self.stub_watchdog = None
+    def stop(self, timeout_s: float = 90.0) -> int | None:
+        """SIGTERM to the supervisor: it drains, then stops tritonserver; its exit status."""
         if self.process is None or self.process.poll() is not None:
             return None if self.process is None else self.process.returncode
+        from smoothguard.supervisor import descendants  # tritonserver has its own session
+
+        tree = descendants(self.process.pid)
         self.process.send_signal(signal.SIGTERM)
         try:
             return self.process.wait(timeout_s)
         except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
+            for proc in [self.process.pid, *tree]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc, signal.SIGKILL)
             return self.process.wait(10)
 
     def __enter__(self) -> TritonServer:

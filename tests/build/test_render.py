@@ -32,7 +32,8 @@ def test_audio_models_share_the_image_models_code(tmp_path: Path) -> None:
         assert copied.read_text() == (out / image / "1" / "model.py").read_text()
     mllm = parse_model_config((out / "mllm_audio" / "config.pbtxt").read_text(), out)
     assert mllm.parameters["modality"].string_value == "audio"
-    assert mllm.parameters["model_path"].string_value.endswith("models/synthalm")
+    assert mllm.parameters["model_path"].string_value == "model_path"
+    assert (out / "mllm_audio" / "model_path").resolve().name == "synthalm"
     noise = parse_model_config((out / "noise_audio" / "config.pbtxt").read_text(), out)
     assert noise.parameters["audio_sigma"].string_value == "0.5"
 
@@ -101,3 +102,17 @@ def test_unknown_profile(tmp_path: Path) -> None:
 def test_every_model_has_a_version_folder(tmp_path: Path) -> None:
     out = render("cpu", tmp_path / "repo")
     assert all((out / name / "1").is_dir() for name in MODELS)
+
+
+def test_served_configs_name_no_host_paths(tmp_path: Path) -> None:
+    """Any client may read a model's config: the weights' host paths become links inside the
+    model folder, and the config names the link."""
+    repo = render("cpu", tmp_path / "repo")
+    for config in repo.glob("*/config.pbtxt"):
+        text = config.read_text()
+        assert str(Path(__file__).resolve().parents[2]) not in text, config
+        assert str(tmp_path) not in text, config
+    link = repo / "mllm" / "model_path"
+    assert 'string_value: "model_path"' in (repo / "mllm" / "config.pbtxt").read_text()
+    assert link.is_symlink() and (link / "config.json").exists()
+    assert (repo / "noise" / "mllm_path").resolve() == link.resolve()

@@ -423,10 +423,11 @@ def test_gpu_overlay() -> None:
     objs = render("gpu")
     container = triton_container(objs)
     assert container["image"] == "nvcr.io/nvidia/tritonserver:25.08-trtllm-python-py3"
-    assert container["command"][:5] == [
+    assert container["command"][:6] == [
         "python3",
         "-m",
-        "smoothguard.watchdog",
+        "smoothguard.supervisor",
+        "--bind=0.0.0.0",  # the gateway on the pod's address; tritonserver stays on loopback
         "--",
         "tritonserver",
     ]
@@ -460,7 +461,9 @@ def test_cpu_overlay() -> None:
     objs = render("cpu")
     container = triton_container(objs)
     assert container["image"] == "ghcr.io/example/smoothguard-cpu:0.1.0"
-    assert container["command"] == ["python", "build/serve.py", "--profile", "cpu", "--"]
+    assert container["command"] == [
+        "python", "build/serve.py", "--profile", "cpu", "--bind", "0.0.0.0", "--",
+    ]  # fmt: skip
     assert "nvidia.com/gpu" not in json.dumps(container["resources"])
     assert "nodeSelector" not in server_pod(objs)["spec"]
     mounts, volumes = mounts_and_volumes(objs)

@@ -31,3 +31,18 @@ def test_launcher_and_deployment_use_the_same_drain() -> None:
     )
     assert int(flag) == exit_timeout
     assert int(grace) > int(flag)
+
+
+def test_the_supervisors_worst_stop_fits_the_grace_period() -> None:
+    """Drain (requests in flight finish), then Triton's own stop: both bounded, and together
+    with the preStop sleep inside Kubernetes' grace period, so the kubelet never SIGKILLs a
+    supervisor that is still stopping cleanly."""
+    from smoothguard.supervisor import Supervisor
+
+    defaults = {f.name: f.default for f in dataclasses.fields(Supervisor)}
+    text = DEPLOYMENT.read_text()
+    (grace,) = re.findall(r"terminationGracePeriodSeconds:\s*(\d+)", text)
+    (pre_stop,) = (int(s) for s in re.findall(r"sleep:\s*\n\s*seconds:\s*(\d+)", text))
+    worst = pre_stop + defaults["drain_timeout_s"] + defaults["stop_timeout_s"]
+    assert worst <= int(grace), (worst, grace)
+    assert defaults["stop_grace_s"] < defaults["stop_timeout_s"]

@@ -21,7 +21,6 @@ from tritonclient.utils import InferenceServerException
 from smoothguard.server import TritonServer
 from smoothguard.settings import RequestOptions
 from smoothguard.synthpope import generate_split
-from smoothguard.watchdog import EnsembleDrain
 from smoothguard_client import RetryPolicy, SmoothGuardClient
 
 pytestmark = pytest.mark.integration
@@ -189,16 +188,14 @@ def test_client_disconnect_mid_call_leaves_the_server_healthy(fault_server: Trit
     assert_serving(client)
 
 
-def test_sigterm_after_the_drain_answers_in_flight_requests(fault_server: TritonServer) -> None:
-    """What serve.py / `python -m smoothguard.watchdog` do on SIGTERM: wait for the requests
-    inside the ensembles (EnsembleDrain), then SIGTERM tritonserver. (Triton's own drain alone
-    refuses an in-flight request's next ensemble step: "Server is stopping".)"""
+def test_sigterm_drains_in_flight_requests_first(fault_server: TritonServer) -> None:
+    """SIGTERM to the supervisor: the gateway refuses new requests, the four in flight finish
+    (Triton's own drain alone would refuse their next ensemble step: "Server is stopping"),
+    and only then does tritonserver stop; exit status 0."""
     if fault_server.process is None or fault_server.process.poll() is not None:
         fault_server.start(timeout_s=240)
     client = grpcclient.InferenceServerClient(url(fault_server))
-    drain = EnsembleDrain(f"http://127.0.0.1:{fault_server.ports.http}")
-    assert drain.discover() == {"smoothguard": "noise", "smoothguard_audio": "noise_audio"}
-    quiet = drain.in_flight()  # other tests here call `noise` directly
+    in_flight = "smoothguard_gateway_in_flight"
     results: dict[int, Any] = {}
 
     def one(index: int) -> None:
@@ -211,19 +208,29 @@ def test_sigterm_after_the_drain_answers_in_flight_requests(fault_server: Triton
     workers = [threading.Thread(target=one, args=(i,)) for i in range(4)]
     for worker in workers:
         worker.start()
-    deadline = time.monotonic() + 30  # all four past the first step, none finished yet
-    while drain.in_flight() - quiet < 4 and time.monotonic() < deadline:
+    deadline = time.monotonic() + 30
+    while fault_server.metric(in_flight) < 4 and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert drain.in_flight() - quiet == 4, "the requests were not in flight together"
-    assert drain.wait(timeout_s=60, baseline=quiet) == 0
+    assert fault_server.metric(in_flight) == 4, "the requests were not in flight together"
     assert fault_server.process is not None
     fault_server.process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 10  # draining: the gateway reports not ready
+    while client.is_server_ready():
+        assert time.monotonic() < deadline, "the server still reports ready after SIGTERM"
+        time.sleep(0.05)
+    late = InferenceServerException("not sent")
+    try:
+        client.infer("smoothguard", ask_inputs(), client_timeout=TIMEOUT_S)
+    except InferenceServerException as exc:
+        late = exc
+    assert late.status() == "StatusCode.UNAVAILABLE" and "stopping" in late.message(), late
     for worker in workers:
         worker.join(TIMEOUT_S + 10)
     failed = {i: r.message() for i, r in results.items() if isinstance(r, Exception)}
     assert len(results) == 4 and not failed, failed
     code = fault_server.process.wait(fault_server.exit_timeout_s + 20)
     assert code == 0, fault_server.log_tail()
+    assert "drained; 0 requests still in flight" in fault_server.log_tail(200)
 
 
 def test_clients_retry_through_a_restart(
@@ -324,18 +331,17 @@ def test_a_killed_stub_comes_back(
     """Triton 2.51 never restarts a dead stub; the watchdog (smoothguard.watchdog) reloads the
     model, and the server answers again without a restart."""
     assert fault_server.process is not None and fault_server.process.poll() is None
-    assert fault_server.stub_watchdog is not None
     client = grpcclient.InferenceServerClient(url(fault_server))
     wait_serving(client, "a reload from an earlier test")
-    time.sleep(0.5)  # let the watchdog count that reload
-    before = fault_server.stub_watchdog.restarts.get("mllm", 0)
+    reloads = 'smoothguard_stub_reloads_total{model="mllm"}'
+    before = fault_server.metric(reloads)
     killed = find_stubs(fault_server.process.pid, "mllm")
     assert killed
     for stub in killed:
         stub.kill()
     wait_serving(client, "the mllm stub was killed")
     deadline = time.monotonic() + 10  # the count follows the reload call's return
-    while fault_server.stub_watchdog.restarts.get("mllm", 0) <= before:
+    while fault_server.metric(reloads) <= before:
         assert time.monotonic() < deadline, "served again, but not by a watchdog reload"
         time.sleep(0.1)
     fresh = find_stubs(fault_server.process.pid, "mllm")
