@@ -222,6 +222,7 @@ class Supervisor:
         leftovers = Leftovers()
         try:
             while not self._stopping.wait(0.5):
+                reap_orphans(keep=child.pid)
                 leftovers.note(child.pid)
                 if child.poll() is not None:
                     log.error("tritonserver exited with %s", child.returncode)
@@ -260,8 +261,7 @@ class Supervisor:
             headers=self.headers,
             on_restart=reloaded,
         )
-        if hasattr(dog, "on_leak"):
-            dog.on_leak = self.request_restart
+        dog.on_leak = self.request_restart
         log.warning("stub watchdog on (every %.0f s)", self.interval_s)
         return dog.start()
 
@@ -295,6 +295,8 @@ class Supervisor:
                     log.error("tritonserver not stopped in %.0f s; killing it", self.stop_timeout_s)
                 kill_tree(child.pid)
                 child.wait(10)
+                time.sleep(0.2)  # the killed stubs become zombies of ours
+                reap_orphans(keep=child.pid)
                 for path in shm:
                     with contextlib.suppress(FileNotFoundError):
                         path.unlink()
@@ -338,6 +340,20 @@ class Leftovers:
                 len(self.stubs),
                 len(self.shm),
             )
+
+
+def reap_orphans(keep: int) -> list[int]:
+    """Reap this process's zombie children except `keep` (tritonserver, which Popen reaps):
+    as a subreaper (or PID 1) the supervisor inherits the stubs of a server it stopped."""
+    reaped = []
+    with contextlib.suppress(psutil.Error):
+        for child in psutil.Process().children():
+            if child.pid == keep:
+                continue
+            with contextlib.suppress(psutil.Error, ChildProcessError, OSError):
+                if child.status() == psutil.STATUS_ZOMBIE and os.waitpid(child.pid, os.WNOHANG)[0]:
+                    reaped.append(child.pid)
+    return reaped
 
 
 def become_subreaper() -> None:

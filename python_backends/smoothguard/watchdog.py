@@ -15,22 +15,32 @@ watchdog passes the model's own config back with one parameter changed
 on a server with restricted APIs give it the admin header (`headers`). It talks to the local
 HTTP endpoint, which stays plain HTTP when gRPC is served over TLS.
 
+What a reload cannot undo (Triton 2.51, python_backend r24.10): every request that reaches
+the dead stub fails in ModelInstanceExecute without deleting the response factory it made for
+the stub (TRITONBACKEND_ResponseFactoryNew in SaveRequestsToSharedMemory), and a factory holds
+a reference to the model. So after one such request the replaced model is never destroyed:
+its instances are never finalised, the dead stub stays a zombie (only the instance's
+destructor waitpid()s it) and its sibling stubs keep running until tritonserver exits.
+Unload+load, a touched config or waiting change nothing (the reference is leaked), and stubs
+ignore SIGTERM. So, `leak_grace_s` after a reload, the watchdog compares the model's stubs with
+its configured instances: replaced stubs still running are SIGKILLed once idle (their memory
+comes back; nothing can reach them any more), and if stubs or zombies are left over it calls
+`on_leak` with one line, for the supervisor to restart tritonserver, the only way to reap them.
+
 Stubs are found as the server's child processes running `triton_python_backend_stub` with a
-`.../<model>/<version>/model.py` argument (how the Python backend launches them).
+`.../<model>/<version>/model.py` argument (how the Python backend launches them); a zombie has
+no command line any more, so the watchdog remembers which model each stub served.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import os
-import signal
-import subprocess
 import threading
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePath
@@ -42,6 +52,8 @@ log = logging.getLogger("smoothguard.watchdog")
 
 STUB_NAME = "triton_python_backend_stub"
 GENERATION_PARAMETER = "watchdog_generation"
+# Errors of one HTTP call to a server that is busy, restarting or gone.
+HTTP_ERRORS = (urllib.error.URLError, OSError, ValueError)
 
 
 def http_call(
@@ -74,14 +86,17 @@ def stub_model(cmdline: list[str]) -> str | None:
     return None
 
 
+def _children(server_pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(server_pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
 def live_stubs(server_pid: int) -> dict[int, str]:
     """pid -> model for every running (not zombie) stub under the server process."""
     found: dict[int, str] = {}
-    try:
-        children = psutil.Process(server_pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        return found
-    for child in children:
+    for child in _children(server_pid):
         try:
             if child.status() == psutil.STATUS_ZOMBIE:
                 continue
@@ -91,6 +106,70 @@ def live_stubs(server_pid: int) -> dict[int, str]:
         if model is not None:
             found[child.pid] = model
     return found
+
+
+def zombie_stubs(server_pid: int) -> set[int]:
+    """pids of stubs that exited and that the server has not reaped: only the destructor of
+    their model instance waitpid()s them, so one that stays is an instance never released."""
+    found: set[int] = set()
+    for child in _children(server_pid):
+        try:
+            # A zombie keeps only its 15-character kernel name, no command line.
+            if child.status() == psutil.STATUS_ZOMBIE and STUB_NAME.startswith(child.name()):
+                found.add(child.pid)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process (None if it is gone)."""
+    try:
+        times = psutil.Process(pid).cpu_times()
+    except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+        return None
+    return float(times.user + times.system)
+
+
+def kill_stub(pid: int, model: str) -> bool:
+    """SIGKILL a stub (stubs ignore SIGTERM) if the pid is still a stub of `model`."""
+    try:
+        proc = psutil.Process(pid)
+        if stub_model(proc.cmdline()) != model:
+            return False
+        proc.kill()
+    except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+        return False
+    return True
+
+
+def configured_instances(config: Mapping[str, Any]) -> int:
+    """How many instances (so Python stubs) a model config asks for: the instance groups'
+    counts summed, a KIND_GPU group's count once per listed GPU (Triton's returned config lists
+    them); an ensemble has none; no group means Triton's default of one."""
+    if config.get("platform") == "ensemble" or config.get("backend") == "ensemble":
+        return 0
+    groups = config.get("instance_group") or []
+    if not groups:
+        return 1
+    total = 0
+    for group in groups:
+        count = int(group.get("count", 1))
+        if group.get("kind") == "KIND_GPU":
+            count *= max(1, len(group.get("gpus") or []))
+        total += count
+    return total
+
+
+@dataclass
+class _Retirement:
+    """The stubs a reload replaced, checked `leak_grace_s` later."""
+
+    due: float  # clock time of the first check
+    pids: set[int]  # the model's live stubs just before the reload
+    cpu: dict[int, tuple[float, float]] = field(default_factory=dict)  # pid -> (clock, cpu s)
+    state: tuple[tuple[int, ...], tuple[int, ...]] | None = None  # (replaced live, zombies)
+    since: float = 0.0  # clock time `state` was first seen
 
 
 @dataclass
@@ -104,18 +183,40 @@ class StubWatchdog:
     headers: Mapping[str, str] | None = None
     reload_timeout_s: float = 600.0
     on_restart: Callable[[str], None] | None = None
+    # After a reload, how long Triton gets to release the replaced instances before their
+    # stubs count as leaked (a released one goes in seconds, once its requests finish).
+    leak_grace_s: float = 30.0
+    # The verdict waits until the replaced stubs are idle and their count and the zombies
+    # have not changed for `settle_s` (Triton finalises a released model's instances one by
+    # one, ~1 s each), but no longer than `busy_grace_s` past `leak_grace_s`: a busy replaced
+    # stub is finishing a request from before the reload.
+    settle_s: float = 10.0
+    busy_grace_s: float = 60.0
+    # Below this share of one core since the last poll a replaced stub counts as idle.
+    idle_cpu_share: float = 0.05
+    # Called with one line when a reload left stubs or zombies behind (restart tritonserver).
+    on_leak: Callable[[str], None] | None = None
+    # SIGKILL replaced stubs Triton did not stop (they can serve nothing; frees their memory).
+    kill_retired: bool = True
+    clock: Callable[[], float] = time.monotonic
     restarts: dict[str, int] = field(default_factory=dict)
+    leaks: dict[str, int] = field(default_factory=dict)
     _known: dict[int, str] = field(default_factory=dict)
     _retired: set[int] = field(default_factory=set)
+    _names: dict[int, str] = field(default_factory=dict)  # every stub seen, zombies included
+    _pending: dict[str, _Retirement] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
     def __post_init__(self) -> None:
         if not self.interval_s > 0:
             raise ValueError(f"interval_s must be positive, got {self.interval_s}")
+        if min(self.leak_grace_s, self.settle_s, self.busy_grace_s) < 0:
+            raise ValueError("leak_grace_s, settle_s and busy_grace_s must not be negative")
 
     def start(self) -> StubWatchdog:
         self._known = live_stubs(self.server_pid)
+        self._names = dict(self._known)
         self._thread = threading.Thread(target=self._run, name="stub-watchdog", daemon=True)
         self._thread.start()
         return self
@@ -136,6 +237,8 @@ class StubWatchdog:
     def check(self) -> list[str]:
         """One poll: the models reloaded because a stub of theirs is gone."""
         live = live_stubs(self.server_pid)
+        zombies = zombie_stubs(self.server_pid)
+        self._names = {p: m for p, m in self._names.items() if p in zombies} | live
         gone = {pid: m for pid, m in self._known.items() if pid not in live}
         self._known = live
         reloaded = []
@@ -148,14 +251,106 @@ class StubWatchdog:
             # The model's other stubs belong to the instances the reload replaces: Triton
             # stops them once the new ones serve, which is no reason to reload again. The new
             # instances' stubs are watched from now, not from the next poll.
-            self._retired.update(p for p, m in live.items() if m == model)
-            self._known |= live_stubs(self.server_pid)
+            replaced = {p for p, m in live.items() if m == model}
+            self._retired |= replaced
+            self._retire(model, replaced)
+            fresh = live_stubs(self.server_pid)
+            self._known |= fresh
+            self._names |= fresh
             self.restarts[model] = self.restarts.get(model, 0) + 1
             reloaded.append(model)
             if self.on_restart is not None:
                 self.on_restart(model)
         self._retired &= set(live)
+        if not self._stop.is_set():
+            for model in sorted(self._pending):
+                self._check_released(model, live, zombies)
         return reloaded
+
+    def _retire(self, model: str, replaced: set[int]) -> None:
+        """Check `leak_grace_s` from now that Triton released what the reload replaced."""
+        earlier = self._pending.get(model)
+        pids = replaced | (earlier.pids if earlier else set())
+        self._pending[model] = _Retirement(self.clock() + self.leak_grace_s, pids)
+
+    def _check_released(self, model: str, live: dict[int, str], zombies: set[int]) -> None:
+        retirement = self._pending[model]
+        now = self.clock()
+        leftover = sorted(p for p in retirement.pids if p in live)
+        dead = sorted(p for p in zombies if self._names.get(p) == model)
+        busy = [p for p in leftover if self._busy(p, retirement, now)]
+        if (tuple(leftover), tuple(dead)) != retirement.state:
+            retirement.state, retirement.since = (tuple(leftover), tuple(dead)), now
+        if now < retirement.due:
+            return
+        stubs = sum(1 for m in live.values() if m == model)
+        try:
+            configured = self.configured_instances(model)
+        except HTTP_ERRORS as exc:
+            log.warning("cannot read the config of %r (%s); checking it next poll", model, exc)
+            return
+        if stubs <= configured and not dead:
+            del self._pending[model]  # released: Triton stopped and reaped the old stubs
+            return
+        settling = busy or now - retirement.since < self.settle_s
+        if settling and now < retirement.due + self.busy_grace_s:
+            return
+        killed = [p for p in leftover if self.kill_retired and kill_stub(p, model)]
+        del self._pending[model]
+        self.leaks[model] = self.leaks.get(model, 0) + 1
+        message = (
+            f"stub leak after reloading {model!r}: {stubs} live stubs for {configured} "
+            f"configured instances and {len(dead)} zombie stubs {dead} "
+            f"{now - retirement.due + self.leak_grace_s:.0f} s later; killed {len(killed)} "
+            f"replaced stubs {killed}; Triton 2.51 never releases a replaced instance once a "
+            "request failed on its dead stub, and only a tritonserver restart reaps its stubs"
+        )
+        log.error("%s", message)
+        if self.on_leak is not None:
+            self.on_leak(message)
+
+    def _busy(self, pid: int, retirement: _Retirement, now: float) -> bool:
+        """Did a replaced stub use more than `idle_cpu_share` of a core since the last poll?"""
+        cpu = cpu_seconds(pid)
+        if cpu is None:
+            return False
+        last = retirement.cpu.get(pid)
+        retirement.cpu[pid] = (now, cpu)
+        if last is None:
+            return True  # not measured yet: give it one poll
+        wall = max(now - last[0], 1e-3)
+        return (cpu - last[1]) / wall > self.idle_cpu_share
+
+    def configured_instances(self, model: str) -> int:
+        """The instances the model's config asks for (the Python stubs it should have)."""
+        return configured_instances(self._call("GET", f"/v2/models/{model}/config"))
+
+    def stub_census(self) -> dict[str, tuple[int, int, int]]:
+        """model -> (live stubs, configured instances, zombie stubs), for every model that has
+        stubs or zombies and every loaded Python model; zombies whose model is unknown (dead
+        before the watchdog started) count under "?"."""
+        live = live_stubs(self.server_pid)
+        zombies = zombie_stubs(self.server_pid)
+        names = self._names | live
+        running = Counter(live.values())
+        dead = Counter(names.get(p, "?") for p in zombies)
+        configured: dict[str, int] = {}
+        try:
+            index = self._call("POST", "/v2/repository/index", {}) or []
+        except HTTP_ERRORS:
+            index = []
+        loaded = {m["name"] for m in index if m.get("state") == "READY" and m.get("name")}
+        for model in sorted(loaded | set(running) | set(dead)):
+            try:
+                config = None if model == "?" else self._call("GET", f"/v2/models/{model}/config")
+            except HTTP_ERRORS:
+                config = None
+            has_stubs = model in running or model in dead
+            if config is None and has_stubs:
+                configured[model] = 0
+            elif config is not None and (has_stubs or config.get("backend") == "python"):
+                configured[model] = configured_instances(config)
+        return {m: (running[m], n, dead[m]) for m, n in configured.items()}
 
     def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         return http_call(
@@ -168,7 +363,7 @@ class StubWatchdog:
         ready, and that is exactly the model to reload; an unloaded one is UNAVAILABLE."""
         try:
             index = self._call("POST", "/v2/repository/index", {})
-        except (urllib.error.URLError, OSError, ValueError):
+        except HTTP_ERRORS:
             return False
         return any(m.get("name") == model and m.get("state") == "READY" for m in index or [])
 
@@ -183,168 +378,18 @@ class StubWatchdog:
         log.warning("model %r reloaded with a fresh stub (restart %d)", model, generation)
 
 
-def _flag(args: Sequence[str], name: str, default: str) -> str:
-    """The value of `--name=value` or `--name value` in a tritonserver command line."""
-    for i, arg in enumerate(args):
-        if arg.startswith(f"--{name}="):
-            return arg.split("=", 1)[1]
-        if arg == f"--{name}" and i + 1 < len(args):
-            return args[i + 1]
-    return default
-
-
-def supervise(
-    command: Sequence[str],
-    *,
-    env: Mapping[str, str] | None = None,
-    headers: Mapping[str, str] | None = None,
-    interval_s: float = 2.0,
-    start_timeout_s: float = 1800.0,
-    drain_timeout_s: float = 30.0,
-    stop_timeout_s: float = 60.0,
-) -> int:
-    """Run tritonserver (`command`) as a child with the stub watchdog, until it exits or this
-    process gets SIGTERM/SIGINT. Then the requests inside the ensembles are waited for (up to
-    `drain_timeout_s`, see EnsembleDrain) before SIGTERM goes to tritonserver."""
-    modes = [a for a in command if a.startswith("--model-control-mode")]
-    if modes != ["--model-control-mode=explicit"]:
-        raise ValueError(
-            "the stub watchdog reloads models: run tritonserver with "
-            "--model-control-mode=explicit --load-model=*"
-        )
-    port = _flag(command, "http-port", "8000")
-    stopping = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
-    signal.signal(signal.SIGINT, lambda *_: stopping.set())
-    child = subprocess.Popen(list(command), env=None if env is None else dict(env))
-    ready_url = f"http://127.0.0.1:{port}/v2/health/ready"
-    deadline = time.monotonic() + start_timeout_s
-    dog: StubWatchdog | None = None
-    drain = EnsembleDrain(f"http://127.0.0.1:{port}", headers)
-    while not stopping.wait(1.0):
-        if child.poll() is not None:
-            log.error("tritonserver exited with %s", child.returncode)
-            break
-        if dog is None and _ready(ready_url):
-            dog = StubWatchdog(
-                child.pid, f"http://127.0.0.1:{port}", interval_s=interval_s, headers=headers
-            ).start()
-            log.warning("server ready; stub watchdog on (every %.0f s)", interval_s)
-            try:
-                drain.discover()
-            except (urllib.error.URLError, OSError, ValueError, KeyError) as exc:
-                log.warning("cannot list the ensembles (%s); shutdown will not wait for them", exc)
-        elif dog is None and time.monotonic() > deadline:
-            log.error("tritonserver not ready after %.0f s; stopping it", start_timeout_s)
-            stopping.set()
-    if dog is not None:
-        dog.stop()  # stubs exit on purpose from here on
-    if child.poll() is None and drain.first_steps:
-        try:
-            left = drain.wait(drain_timeout_s)
-            log.warning("drained; %d ensemble requests still in flight", left)
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            log.warning("drain failed (%s); stopping anyway", exc)
-    if child.poll() is None:
-        child.send_signal(signal.SIGTERM)
-        try:
-            child.wait(stop_timeout_s)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait(10)
-    return child.returncode if child.returncode is not None else 1
-
-
-class EnsembleDrain:
-    """Counts the requests inside the server's ensembles, so a shutdown can wait for them.
-
-    Triton 2.51's own drain (SIGTERM, --exit-timeout-secs) waits for in-flight inferences
-    but at once stops every model's scheduler from taking new requests, and an ensemble's
-    next step is a new request: a defended request caught between steps fails with
-    "Server is stopping" (triton-inference-server/server#6287 is the BLS form of it). So the
-    supervisor waits here first, while the server still works normally, and only then sends
-    SIGTERM. In flight = requests the ensembles' first steps have finished or failed minus
-    the ones the ensembles have finished or failed (Triton's statistics API), which assumes
-    nothing but the ensembles calls their first steps.
-    """
-
-    def __init__(self, http_url: str, headers: Mapping[str, str] | None = None) -> None:
-        self.http_url, self.headers = http_url, headers
-        self.first_steps: dict[str, str] = {}  # ensemble -> the model of its first step
-
-    def discover(self) -> dict[str, str]:
-        index = http_call(self.http_url, "POST", "/v2/repository/index", {}, headers=self.headers)
-        for entry in index or []:
-            name = entry.get("name")
-            if entry.get("state") != "READY" or not name:
-                continue
-            config = http_call(
-                self.http_url, "GET", f"/v2/models/{name}/config", headers=self.headers
-            )
-            if config.get("platform") == "ensemble":
-                self.first_steps[name] = config["ensemble_scheduling"]["step"][0]["model_name"]
-        return self.first_steps
-
-    def in_flight(self) -> int:
-        stats = http_call(self.http_url, "GET", "/v2/models/stats", headers=self.headers)
-        done: dict[str, int] = {}
-        for model in stats.get("model_stats", []):
-            inference = model.get("inference_stats", {})
-            count = sum(int(inference.get(k, {}).get("count", 0)) for k in ("success", "fail"))
-            done[model["name"]] = done.get(model["name"], 0) + count
-        started = sum(done.get(first, 0) for first in set(self.first_steps.values()))
-        return started - sum(done.get(ensemble, 0) for ensemble in self.first_steps)
-
-    def wait(self, timeout_s: float, poll_s: float = 0.2, baseline: int = 0) -> int:
-        """Block until no ensemble request is in flight or `timeout_s` passes; the count left.
-        `baseline`: the count at a quiet moment (direct calls to a first step add to it)."""
-        deadline = time.monotonic() + timeout_s
-        left = self.in_flight() - baseline
-        while left > 0 and time.monotonic() < deadline:
-            time.sleep(poll_s)
-            left = self.in_flight() - baseline
-        return left
-
-
-def _ready(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m smoothguard.watchdog [--interval S] -- tritonserver --model-repository=...`
+    """Deprecated entry point: `python -m smoothguard.watchdog` is smoothguard.supervisor now."""
+    import warnings
 
-    For deployments that start tritonserver themselves (the NGC container): supervises it and
-    reloads models whose Python stub died. The admin header comes from $ADMIN_KEY if set.
-    """
-    parser = argparse.ArgumentParser(
-        description=main.__doc__.split("\n\n")[0] if main.__doc__ else ""
+    from smoothguard.supervisor import main as supervisor_main
+
+    warnings.warn(
+        "python -m smoothguard.watchdog is deprecated; use python -m smoothguard.supervisor",
+        DeprecationWarning,
+        stacklevel=2,
     )
-    parser.add_argument("--interval", type=float, default=2.0, help="seconds between polls")
-    parser.add_argument("command", nargs=argparse.REMAINDER, help="tritonserver and its flags")
-    args = parser.parse_args(argv)
-    command = args.command[1:] if args.command[:1] == ["--"] else args.command
-    if not command:
-        parser.error("give the tritonserver command after --")
-    if not args.interval > 0:
-        parser.error(f"--interval must be positive, got {args.interval}")
-    logging.basicConfig(level=logging.INFO, format="watchdog: %(message)s")
-    key = os.environ.get("ADMIN_KEY")
-    try:
-        exit_timeout = float(_flag(command, "exit-timeout-secs", "30"))
-        return supervise(
-            command,
-            headers={"smoothguard-admin-key": key} if key else None,
-            interval_s=args.interval,
-            drain_timeout_s=exit_timeout,
-            stop_timeout_s=exit_timeout + 10,
-        )
-    except ValueError as exc:
-        parser.error(str(exc))
-        return 2
+    return supervisor_main(argv)
 
 
 if __name__ == "__main__":
