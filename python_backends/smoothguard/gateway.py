@@ -59,6 +59,11 @@ HOP_HEADERS = {
     "proxy-authenticate", "proxy-authorization", "te", "trailer", "content-encoding",
 }  # fmt: skip
 UNLIMITED_MESSAGES = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
+FAST_RECONNECT = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
 
 
 class Refused(Exception):
@@ -344,7 +349,11 @@ class Gateway:
 
     async def _serve(self) -> None:
         cfg = self.config
-        self._channel = grpc.aio.insecure_channel(cfg.upstream_grpc, options=UNLIMITED_MESSAGES)
+        # Reconnect within a second of tritonserver coming (back) up: gRPC's default backoff
+        # grows to minutes while the server starts or restarts, failing calls long after.
+        self._channel = grpc.aio.insecure_channel(
+            cfg.upstream_grpc, options=[*UNLIMITED_MESSAGES, *FAST_RECONNECT]
+        )
         # No keep-alive towards Triton: on SIGTERM it waits (up to half its exit timeout) for
         # every open HTTP connection to close, and an idle pooled one never would.
         self._session = aiohttp.ClientSession(

@@ -240,7 +240,8 @@ def test_clients_retry_through_a_restart(
     """The server is down when the calls start and comes back; both calls ride it out."""
     fault_server.stop()
     caplog.set_level(logging.WARNING, logger="smoothguard_client")
-    policy = RetryPolicy(retries=40, backoff_s=0.2, max_backoff_s=2.0, jitter=0.2)
+    # enough retries for a start under load (up to ~4 min on 2 busy cores)
+    policy = RetryPolicy(retries=120, backoff_s=0.2, max_backoff_s=2.0, jitter=0.2)
     outcome: dict[str, Any] = {}
 
     def call(name: str, fn: Any) -> None:
