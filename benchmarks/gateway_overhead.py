@@ -26,7 +26,6 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "build"))
 
 from render import render  # noqa: E402
-
 from smoothguard.server import ServerPorts, TritonServer  # noqa: E402
 from smoothguard.synthpope import generate_split  # noqa: E402
 

@@ -14,11 +14,14 @@ Rules (the policy and the evidence reported to clients depend on them):
 * Empty answers (``empty`` mask, i.e. text that is "" after strip) carry no vote: they are
   left out of clustering, never chosen while a non-empty answer exists, have label 0, and
   count in the denominator of ``agreement`` (``majority size / N``), so a batch of empty
-  generations lowers agreement instead of forming a "majority of nothing". ``cluster_sizes``
-  count non-empty answers only. If the original is empty it cannot be in the majority, so
-  ``original_outvoted`` is True (and on a tie the cluster of the lowest-index non-empty
-  answer wins).
-* All answers empty: chosen = the original, sizes ``(0, 0)``, agreement 0.0,
+  generations lowers agreement instead of forming a "majority of nothing". If the original
+  is empty it cannot be in the majority, so ``original_outvoted`` is True (and on a tie the
+  cluster of the lowest-index non-empty answer wins).
+* ``cluster_sizes`` is (majority size, N - majority size): the second number counts every
+  answer outside the majority, the other cluster and the empty answers, so the two always
+  sum to N, the samples used (a client checks the evidence by adding them up). Without
+  empty answers it is exactly the two clusters' sizes, larger first.
+* All answers empty: chosen = the original, sizes ``(0, N)``, agreement 0.0,
   ``original_outvoted`` False (nothing outvoted it; low agreement already flags it).
 """
 
@@ -44,7 +47,7 @@ GPU_MIN_POINTS = 192
 @dataclass(frozen=True)
 class Selection:
     chosen_index: int
-    cluster_sizes: tuple[int, int]  # majority first; non-empty answers only
+    cluster_sizes: tuple[int, int]  # (majority, everything else); always sums to N
     agreement: float  # majority size / N (N counts empty answers too)
     original_outvoted: bool  # the unperturbed answer is not in the majority cluster
     tie: bool  # both clusters had the same size; the original's cluster was taken
@@ -114,7 +117,7 @@ def _select_with_empties(
     if keep.size == 0:
         return Selection(
             chosen_index=original_index,
-            cluster_sizes=(0, 0),
+            cluster_sizes=(0, n),
             agreement=0.0,
             original_outvoted=False,
             tie=False,
@@ -131,7 +134,7 @@ def _select_with_empties(
         labels[i] = sel.labels[j]
     return Selection(
         chosen_index=int(keep[sel.chosen_index]),
-        cluster_sizes=sel.cluster_sizes,
+        cluster_sizes=(sel.cluster_sizes[0], n - sel.cluster_sizes[0]),
         agreement=sel.agreement,
         original_outvoted=bool(empty[original_index]) or sel.original_outvoted,
         tie=sel.tie,

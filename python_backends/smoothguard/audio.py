@@ -31,6 +31,12 @@ from smoothguard.xp import array_module
 DEFAULT_SAMPLE_RATE = 16_000
 DEFAULT_MAX_SECONDS = 30.0
 DEFAULT_RMS_FLOOR = 1e-3
+# Full scale: a waveform's samples lie in [-FULL_SCALE, FULL_SCALE]. Every decoder here yields
+# that range and noisy copies are clipped to it, so a louder clean copy would be heard louder
+# than its own noisy copies; and amplitudes like 1e30 overflow the RMS that scales the noise.
+FULL_SCALE = 1.0
+# As smoothguard.noise.NOISE_TAILS: how many noise deviations past full scale a copy may go.
+NOISE_TAILS = 10.0
 
 
 def check_waveform(
@@ -41,10 +47,12 @@ def check_waveform(
     max_seconds: float = DEFAULT_MAX_SECONDS,
     name: str = "AUDIO",
 ) -> np.ndarray:
-    """Accept float32 mono [T] (or [1, T]) at the model's rate, finite, within the length limit.
+    """Accept float32 mono [T] (or [1, T]) at the model's rate, finite, within full scale
+    ([-1, 1]) and the length limit.
 
     Resampling is the client's job: silently resampling would change what the model hears,
-    and the error message tells the caller exactly what to send.
+    and the error message tells the caller exactly what to send. So is normalising the level:
+    a clip past full scale is refused rather than clipped, as clipping would change it too.
     """
     array = np.asarray(waveform)
     if array.dtype != np.float32:
@@ -63,9 +71,22 @@ def check_waveform(
             f"{name} has {array.shape[0]} samples ({array.shape[0] / expected_rate:.2f} s), "
             f"over the limit of {limit} ({max_seconds} s)"
         )
-    if not np.isfinite(array).all():
+    peak = float(np.max(np.abs(array)))  # NaN and inf propagate
+    if not math.isfinite(peak):
         raise InvalidRequest(f"{name} contains NaN or infinite values")
+    if peak > FULL_SCALE:
+        raise InvalidRequest(
+            f"{name} must lie in [-{FULL_SCALE:g}, {FULL_SCALE:g}] (full scale), got a peak "
+            f"of {peak:.3g}"
+        )
     return array
+
+
+def audio_value_bound(sigma_max: float) -> float:
+    """The largest |sample| a noisy copy from `noisy_copies` can reasonably hold: full scale
+    plus NOISE_TAILS x the largest noise std (sigma_max x an RMS of at most full scale, or
+    sigma_max itself in absolute units). Steps that take copies from a caller refuse more."""
+    return FULL_SCALE + NOISE_TAILS * float(sigma_max) * FULL_SCALE
 
 
 def read_wav(

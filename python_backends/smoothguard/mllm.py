@@ -77,8 +77,11 @@ class VisionLanguageModel:
     # -- inputs ------------------------------------------------------------------------------
 
     def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
-        """uint8 HxWx3 images -> float32 [B,3,H,W], resized and normalised for the model."""
-        out = self.processor.image_processor(images=list(images), return_tensors="np")
+        """uint8 HxWx3 images -> float32 [B,3,H,W], resized and normalised for the model; the
+        layout is stated (channels last), so a 1xWx3 image is never read as channels-first."""
+        out = self.processor.image_processor(
+            images=list(images), return_tensors="np", input_data_format="channels_last"
+        )
         return torch.from_numpy(np.ascontiguousarray(out["pixel_values"], dtype=np.float32))
 
     def chat_text(self, prompt: str) -> str:

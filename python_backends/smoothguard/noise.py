@@ -63,6 +63,24 @@ def normalized_sigma(sigma: float, unit: NoiseUnit, std: Sequence[float]) -> tup
     return tuple(float(sigma) / float(s) for s in std)
 
 
+# How many standard deviations of noise a value may lie outside the normalised image range
+# before it counts as "no image": a Gaussian draw past 10 sigma has probability ~1e-23, so no
+# noisy copy ever gets there, while 1e30 (or anything that overflows when squared) always does.
+NOISE_TAILS = 10.0
+
+
+def noise_value_bound(
+    mean: Sequence[float], std: Sequence[float], *, sigma_max: float, unit: NoiseUnit
+) -> float:
+    """The largest |value| a noisy copy made by `noisy_copies` can reasonably hold: the
+    normalised image range of [0, 1] pixels, widened by NOISE_TAILS x the largest noise std
+    the server allows. Steps that take pixel values from a caller refuse anything beyond it."""
+    mean_a = np.asarray(mean, dtype=np.float64)
+    std_a = np.asarray(std, dtype=np.float64)
+    edge = float(np.max(np.maximum(np.abs(-mean_a / std_a), np.abs((1.0 - mean_a) / std_a))))
+    return edge + NOISE_TAILS * max(normalized_sigma(sigma_max, unit, std))
+
+
 def noisy_copies(
     pixel_values: Any,
     *,

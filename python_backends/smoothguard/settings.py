@@ -46,6 +46,11 @@ class DefenseSettings:
     # input limits
     max_image_pixels: int = 4096 * 4096
     max_image_bytes: int = 16 * 1024 * 1024
+    # A side shorter than this carries nothing to answer about, and 1-pixel sides are where
+    # image processors guess the channel axis; a longer/shorter ratio above the aspect limit
+    # makes a shortest-edge resize blow a thin strip up to hundreds of megapixels.
+    min_image_side: int = 4
+    max_image_aspect: float = 32.0
     max_prompt_chars: int = 2048
     # audio (the smoothguard_audio endpoint): sigma is relative to the clip's RMS, so a noisy
     # copy's SNR is -20 log10(sigma) dB whatever the level (smoothguard.audio); "absolute"
@@ -94,6 +99,8 @@ class DefenseSettings:
             raise ValueError("adaptive_initial must be at least 2 (the clean copy and one noisy)")
         if not 0.0 <= self.min_agreement <= 1.0:
             raise ValueError("min_agreement must lie in [0, 1]")
+        if self.min_image_side < 1 or not self.max_image_aspect >= 1.0:
+            raise ValueError("min_image_side must be >= 1 and max_image_aspect >= 1")
 
     @classmethod
     def from_parameters(cls, params: dict[str, Any]) -> DefenseSettings:
@@ -145,10 +152,11 @@ class RequestOptions:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str | bytes) -> RequestOptions:
-        import json
-
-        return cls(**json.loads(text))
+    def from_json(
+        cls, text: str | bytes, settings: DefenseSettings | None = None
+    ) -> RequestOptions:
+        """The strict inverse of to_json (see parse_options), bounded by `settings`."""
+        return parse_options(text, settings or DefenseSettings())[0]
 
 
 def resolve_options(
@@ -218,3 +226,121 @@ def _coerce(key: str, raw: Any, kind: type) -> Any:
     if kind is float:
         return float(text)
     return text
+
+
+# OPTIONS as the noise step writes it is ~200 bytes; the cap keeps a hostile string from costing
+# more than a glance (and JSON nesting from reaching the parser's recursion limit).
+OPTIONS_MAX_BYTES = 4096
+# JSON type of each RequestOptions field, as named in refusals.
+_OPTION_KINDS: dict[str, str] = {
+    "sigma": "a number",
+    "num_samples": "an integer",
+    "seed": "an integer or null",
+    "max_new_tokens": "an integer",
+    "policy": "a string",
+    "return_candidates": "a boolean",
+    "adaptive": "a boolean",
+}
+_INT64_MAX = 2**63 - 1
+
+
+def parse_options(
+    raw: object,
+    settings: DefenseSettings,
+    *,
+    extra_keys: tuple[str, ...] = (),
+    sigma_max: float | None = None,
+) -> tuple[RequestOptions, dict[str, Any]]:
+    """OPTIONS (the JSON the noise step writes for later steps), checked as if a stranger wrote it.
+
+    The steps after noise are public Triton models too, so their OPTIONS input is hostile
+    input: it must be one JSON object of at most OPTIONS_MAX_BYTES with exactly the
+    RequestOptions keys (plus `extra_keys`, returned unchecked for the caller), each of its JSON
+    type and inside the server's limits, the same limits resolve_options applies to a request.
+    Duplicate keys and the non-standard NaN/Infinity literals are refused. `sigma_max` widens
+    the sigma bound for a step shared by modalities (aggregate). Every refusal is an
+    InvalidRequest naming OPTIONS and the key.
+    """
+    import json
+    import math
+
+    if isinstance(raw, bytes | bytearray):
+        try:
+            text = bytes(raw).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidRequest(f"OPTIONS is not valid UTF-8 (byte {exc.start})") from exc
+    elif isinstance(raw, str):
+        text = raw
+    else:
+        raise InvalidRequest(f"OPTIONS must be a JSON string, got {type(raw).__name__}")
+    if len(text.encode("utf-8")) > OPTIONS_MAX_BYTES:
+        raise InvalidRequest(f"OPTIONS is longer than {OPTIONS_MAX_BYTES} bytes")
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        seen: dict[str, Any] = {}
+        for key, value in items:
+            if key in seen:
+                raise InvalidRequest(f"OPTIONS has key {key!r} twice")
+            seen[key] = value
+        return seen
+
+    def constant(name: str) -> Any:
+        raise InvalidRequest(f"OPTIONS contains {name}, which is not JSON")
+
+    try:
+        data = json.loads(text, object_pairs_hook=pairs, parse_constant=constant)
+    except InvalidRequest:
+        raise
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, int digit limit, nesting
+        raise InvalidRequest(f"OPTIONS is not valid JSON: {str(exc)[:120]}") from exc
+    if not isinstance(data, dict):
+        raise InvalidRequest(f"OPTIONS must be a JSON object, got {type(data).__name__}")
+    unknown = sorted(set(data) - set(_OPTION_KINDS) - set(extra_keys))
+    if unknown:
+        raise InvalidRequest(f"OPTIONS has unknown key(s): {', '.join(map(repr, unknown))}")
+    missing = [k for k in _OPTION_KINDS if k not in data]
+    if missing:
+        raise InvalidRequest(f"OPTIONS lacks key(s): {', '.join(map(repr, missing))}")
+
+    def bad(key: str, what: str) -> InvalidRequest:
+        shown = repr(data[key])
+        return InvalidRequest(f"OPTIONS key {key!r} must be {what}, got {shown[:40]}")
+
+    def integer(key: str, lo: int, hi: int) -> int:
+        value = data[key]
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad(key, _OPTION_KINDS[key])
+        if not lo <= value <= hi:
+            raise bad(key, f"an integer in [{lo}, {hi}]")
+        return value
+
+    def boolean(key: str) -> bool:
+        if not isinstance(data[key], bool):
+            raise bad(key, "a boolean")
+        return data[key]
+
+    limit = settings.sigma_max if sigma_max is None else sigma_max
+    sigma = data["sigma"]
+    if isinstance(sigma, bool) or not isinstance(sigma, int | float):
+        raise bad("sigma", "a number")
+    # Compared before any float(): a JSON integer of 400 digits overflows a float conversion.
+    if (isinstance(sigma, float) and not math.isfinite(sigma)) or not 0.0 <= sigma <= limit:
+        raise bad("sigma", f"a finite number in [0, {limit}]")
+    seed = data["seed"]
+    if seed is not None:
+        if not settings.allow_seed:
+            raise bad("seed", "null: this server refuses seeds (allow_seed=false)")
+        seed = integer("seed", 0, _INT64_MAX)
+    policy = data["policy"]
+    if policy not in POLICIES:
+        raise bad("policy", f"one of {', '.join(POLICIES)}")
+    options = RequestOptions(
+        sigma=float(sigma),
+        num_samples=integer("num_samples", 1, settings.num_samples_max),
+        seed=seed,
+        max_new_tokens=integer("max_new_tokens", 1, settings.max_new_tokens_limit),
+        policy=policy,
+        return_candidates=boolean("return_candidates"),
+        adaptive=boolean("adaptive"),
+    )
+    return options, {k: data[k] for k in extra_keys if k in data}

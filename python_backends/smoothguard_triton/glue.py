@@ -14,16 +14,28 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from smoothguard.settings import DefenseSettings, InvalidRequest, RequestOptions, resolve_options
-from smoothguard.validation import single_scalar
+from smoothguard.settings import (
+    DefenseSettings,
+    InvalidRequest,
+    RequestOptions,
+    parse_options,
+    resolve_options,
+)
+from smoothguard.validation import decode_prompt, scrub, single_scalar
+from smoothguard_triton.metrics import TICKET_KEY
 
 log = logging.getLogger("smoothguard")
 
 
 def model_parameters(args: dict[str, Any]) -> dict[str, str]:
-    """The config's `parameters` as plain strings."""
+    """The config's `parameters` as plain strings. A relative `*_path` is a link in the
+    model's own folder (build/render.py keeps host paths out of the served config)."""
     config = json.loads(args["model_config"])
-    return {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+    params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+    for key, value in params.items():
+        if key.endswith("_path") and value and not value.startswith(("/", "package:")):
+            params[key] = os.path.join(args["model_repository"], value)
+    return params
 
 
 def limit_threads(params: dict[str, str]) -> None:
@@ -58,7 +70,7 @@ def required_tensor(request: Any, name: str) -> Any:
     """The pb_utils.Tensor itself, for handing on to another model without a copy."""
     tensor = pb_utils.get_input_tensor_by_name(request, name)
     if tensor is None:
-        raise InvalidRequest(f"input {name} is required")
+        raise InvalidRequest(f"input {name} is required but was not sent")
     return tensor
 
 
@@ -87,6 +99,28 @@ def request_options(request: Any, settings: DefenseSettings) -> RequestOptions:
     return resolve_options(settings, **values)
 
 
+def request_prompt(request: Any, settings: DefenseSettings) -> str:
+    """The one PROMPT of a defended step's request, decoded and checked (validation)."""
+    raw = required_input(request, "PROMPT")
+    if raw.size != 1:
+        raise InvalidRequest(f"PROMPT must hold one string, got shape {list(raw.shape)}")
+    return decode_prompt(raw.reshape(-1)[0], max_chars=settings.max_prompt_chars)
+
+
+def step_options(
+    request: Any, settings: DefenseSettings, *, sigma_max: float | None = None
+) -> tuple[RequestOptions, object]:
+    """OPTIONS from the noise step, parsed as strictly as a stranger's (parse_options), and the
+    ticket it carries (unchecked here: metrics.EnsembleTickets decides what it proves)."""
+    raw = required_input(request, "OPTIONS")
+    if raw.size != 1:
+        raise InvalidRequest(f"OPTIONS must hold one JSON string, got shape {list(raw.shape)}")
+    options, extra = parse_options(
+        raw.reshape(-1)[0], settings, extra_keys=(TICKET_KEY,), sigma_max=sigma_max
+    )
+    return options, extra.get(TICKET_KEY)
+
+
 def bytes_tensor(name: str, values: Sequence[str], shape: Sequence[int] | None = None) -> Any:
     array = np.array([v.encode("utf-8") for v in values], dtype=np.object_)
     if shape is not None:
@@ -100,7 +134,7 @@ def error_response(exc: BaseException) -> Any:
         message = str(exc)
     else:
         code = pb_utils.TritonError.INTERNAL
-        message = f"{type(exc).__name__}: {exc}"
+        message = scrub(f"{type(exc).__name__}: {exc}")
     return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, code))
 
 

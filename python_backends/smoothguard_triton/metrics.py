@@ -13,15 +13,28 @@ Lifetime rules of that API, which decide whether the metrics appear at all:
   divides by is created up front at zero (all decisions, the outvoted counter, the histograms).
 * Several instances of the model (separate stub processes) create the same families and label
   sets; Triton merges them into one series, so counts are per server, not per instance.
+
+What counts as a defended request: one that came through an ensemble (smoothguard,
+smoothguard_audio), not a direct call to the public `aggregate` step with made-up candidates.
+`EnsembleTickets` below is how the aggregate step tells them apart.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import hmac
+import json
+import os
+import stat
+import tempfile
+from pathlib import Path
 from typing import Any, get_args
 
 import triton_python_backend_utils as pb_utils
 
 from smoothguard.policy import DecisionKind
+from smoothguard.settings import RequestOptions
 
 DECISIONS: tuple[str, ...] = get_args(DecisionKind)
 
@@ -91,3 +104,90 @@ class DefenseMetrics:
         self._requests.clear()
         del self._outvoted, self._agreement, self._samples
         self._families.clear()
+
+
+# The key OPTIONS carries the ticket under (parse_options' extra key).
+TICKET_KEY = "ticket"
+_KEY_BYTES = 32
+
+
+class EnsembleTickets:
+    """A mark the noise step puts on the OPTIONS it writes, which aggregate checks before it
+    counts a request as defended.
+
+    Why a mark: Triton serves every step to any client, and the ensemble hands a step nothing
+    a client could not send itself (not even a distinct request id), so aggregate cannot see
+    who called it. The ensemble's one unforgeable hand-off is the noise step's own output: the
+    ticket is an HMAC-SHA256 of the canonical OPTIONS JSON under a key that never leaves the
+    server. A client who writes OPTIONS by hand (to aggregate, generate, ...) cannot make a
+    valid ticket; such calls are answered as before but not counted, and audit lines say so.
+
+    The key: 32 random bytes per tritonserver process, shared by its stubs (all children of
+    that process) through a file only the server's user can read, created atomically by the
+    first stub to need it (`ticket-<server pid>.key` under `<tmp>/smoothguard-<uid>/`). Not a
+    config parameter, since Triton serves model configs to anyone. A new server, a new key.
+
+    Deterministic on purpose: a seeded request repeated gets the same OPTIONS, so generate's
+    response cache still hits. The price, stated: a client that calls `noise` directly gets a
+    valid ticket for the options it asked for and could replay it to `aggregate` with made-up
+    candidates. That costs a call to noise per distinct options and is closed by exposing only
+    the public endpoints (smoothguard, smoothguard_audio, mllm*, embedder) at the gateway.
+    """
+
+    def __init__(self, key: bytes | None = None) -> None:
+        self._key = key if key is not None else server_key()
+
+    def tag(self, options: RequestOptions) -> str:
+        return hmac.new(self._key, options.to_json().encode(), hashlib.sha256).hexdigest()
+
+    def issue(self, options: RequestOptions) -> str:
+        """OPTIONS JSON for the next steps: the options and their ticket."""
+        payload = json.loads(options.to_json())
+        payload[TICKET_KEY] = self.tag(options)
+        return json.dumps(payload, sort_keys=True)
+
+    def verify(self, options: RequestOptions, ticket: object) -> bool:
+        """True when `ticket` is the one this server's noise step issued for `options`."""
+        return isinstance(ticket, str) and hmac.compare_digest(ticket, self.tag(options))
+
+
+def server_key(directory: Path | None = None, server_pid: int | None = None) -> bytes:
+    """The per-server secret of EnsembleTickets: read it, or create it if this stub is first."""
+    base = directory or Path(tempfile.gettempdir()) / f"smoothguard-{os.getuid()}"
+    with contextlib.suppress(FileExistsError):
+        base.mkdir(mode=0o700)
+    info = os.lstat(base)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise PermissionError(f"{base} must be a directory private to uid {os.getuid()}")
+    pid = os.getppid() if server_pid is None else server_pid  # the stubs' parent: tritonserver
+    path = base / f"ticket-{pid}.key"
+    if not path.exists():
+        _remove_stale_keys(base)
+        temp = base / f".ticket-{pid}-{os.getpid()}.tmp"
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, os.urandom(_KEY_BYTES))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(temp, path)  # atomic: exactly one stub's key wins, complete when visible
+        except FileExistsError:
+            pass
+        finally:
+            temp.unlink()
+    key = path.read_bytes()
+    if len(key) != _KEY_BYTES:
+        raise ValueError(f"{path} holds {len(key)} bytes, not a {_KEY_BYTES}-byte key")
+    return key
+
+
+def _remove_stale_keys(base: Path) -> None:
+    """Keys of servers that no longer run (one 32-byte file per server start otherwise)."""
+    for old in base.glob("ticket-*.key"):
+        try:
+            os.kill(int(old.stem.removeprefix("ticket-")), 0)
+        except ProcessLookupError:
+            old.unlink(missing_ok=True)
+        except (ValueError, PermissionError, OSError):
+            continue

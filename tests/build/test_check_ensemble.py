@@ -37,8 +37,8 @@ def test_rendered_cpu_repository_is_consistent(repo: Path) -> None:
          'input_map { key: "TEXT" value: "candidatez" }', "neither an ensemble input"),
         ("smoothguard", 'output_map { key: "TIE" value: "TIE" }', "", "'TIE' is never produced"),
         ("smoothguard", 'model_name: "aggregate"', 'model_name: "aggregator"', "no model"),
-        ("noise", '{ name: "PROMPT" data_type: TYPE_STRING dims: [ 1 ] }',
-         '{ name: "PROMPT" data_type: TYPE_STRING dims: [ 1 ] },\n'
+        ("noise", '{ name: "PROMPT" data_type: TYPE_STRING dims: [ 1 ] optional: true }',
+         '{ name: "PROMPT" data_type: TYPE_STRING dims: [ 1 ] optional: true },\n'
          '  { name: "EXTRA" data_type: TYPE_FP32 dims: [ 1 ] }', "'EXTRA' is not fed"),
     ],
 )  # fmt: skip

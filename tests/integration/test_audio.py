@@ -79,12 +79,16 @@ CLIP = np.zeros(16000, np.float32)
 CLIP[::50] = 0.2
 NAN_CLIP = CLIP.copy()
 NAN_CLIP[7] = np.nan
+HUGE_CLIP = CLIP.copy()
+HUGE_CLIP[7] = 1e30  # was accepted, with evidence that did not add up
 
 
 @pytest.mark.parametrize(
     ("inputs", "words"),
     [
         ([("AUDIO", NAN_CLIP, "FP32"), PROMPT], "NaN"),
+        ([("AUDIO", HUGE_CLIP, "FP32"), PROMPT], "full scale"),
+        ([("AUDIO", CLIP, "FP32")], "input PROMPT is required"),
         (
             [
                 ("AUDIO", CLIP, "FP32"),
@@ -108,7 +112,17 @@ NAN_CLIP[7] = np.nan
             "SIGMA",
         ),
     ],
-    ids=["nan", "wrong-rate", "too-long", "empty", "bad-wav", "no-audio", "sigma-over-max"],
+    ids=[
+        "nan",
+        "huge",
+        "no-prompt",
+        "wrong-rate",
+        "too-long",
+        "empty",
+        "bad-wav",
+        "no-audio",
+        "sigma-over-max",
+    ],
 )
 def test_bad_audio_is_invalid_argument(triton: Any, inputs: list[Any], words: str) -> None:
     with pytest.raises(InferenceServerException) as info:
@@ -161,3 +175,22 @@ def test_client_rejects_non_wav_before_sending(triton: Any, tmp_path: Path) -> N
         client.ask_audio(path, "Is there a chirp?")
     with SmoothGuardClient(triton.grpc_url) as client, pytest.raises(SmoothGuardError):
         client.ask_audio(CLIP, "Is there a chirp?", sample_rate=8000)
+
+
+def test_generate_audio_checks_the_copies_a_caller_sends(triton: Any) -> None:
+    """The audio twin of generate is public too: rows, window and amplitudes are checked."""
+    noisy = _infer(triton.grpc_url, "noise_audio", [("AUDIO", CLIP, "FP32"), PROMPT])
+    copies = noisy.as_numpy("AUDIO_VALUES")
+    options = noisy.as_numpy("OPTIONS")
+    assert copies.shape == (10, 16000)
+
+    def refused(audio: np.ndarray) -> str:
+        inputs = [("AUDIO", audio, "FP32"), PROMPT, ("OPTIONS", options, "BYTES")]
+        with pytest.raises(InferenceServerException) as info:
+            _infer(triton.grpc_url, "generate_audio", inputs)
+        assert info.value.status() == "StatusCode.INVALID_ARGUMENT", info.value
+        return info.value.message()
+
+    assert "AUDIO must have shape [N, 16000]" in refused(copies[:, :8000].copy())
+    assert "magnitude 1e+30" in refused(np.where(copies > 0, 1e30, copies).astype(np.float32))
+    assert "OPTIONS num_samples is 10" in refused(np.repeat(copies, 6, axis=0))

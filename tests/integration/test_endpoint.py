@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import threading
 from typing import Any
 
@@ -240,3 +241,102 @@ def test_embedder_directly(client: Any) -> None:
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-4)
     similarity = vectors @ vectors.T
     assert similarity[0, 1] > similarity[0, 2]
+
+
+def refusal(client: grpcclient.InferenceServerClient, model: str, inputs: list[Any]) -> str:
+    """The INVALID_ARGUMENT message of a refused call (any other outcome fails the test)."""
+    with pytest.raises(InferenceServerException) as info:
+        client.infer(model, inputs, client_timeout=60)
+    assert info.value.status() == "StatusCode.INVALID_ARGUMENT", info.value
+    return info.value.message()
+
+
+def test_degenerate_images_are_refused_not_guessed(client: Any) -> None:
+    """1x1 and 1x4096 images were read with a guessed channel axis; now refused by size."""
+    prompt = "Describe the image."
+    for shape in [(1, 1, 3), (1, 4096, 3)]:
+        message = refusal(client, "smoothguard", request(np.zeros(shape, np.uint8), prompt))
+        assert "each side must be at least" in message, message
+    thin = np.zeros((8, 4096, 3), np.uint8)
+    assert "aspect ratio" in refusal(client, "smoothguard", request(thin, prompt))
+    assert "aspect ratio" in refusal(client, "mllm", [
+        tensor("IMAGE", thin[None], "UINT8"), tensor("PROMPT", [[prompt]], "BYTES"),
+    ])  # fmt: skip
+
+
+def test_undecodable_image_message_has_no_object_address(client: Any) -> None:
+    message = refusal(client, "smoothguard", request(b"\x89PNG not really", "Describe it."))
+    assert "IMAGE_BYTES" in message and "0x" not in message and "object at" not in message
+
+
+def test_a_request_without_prompt_is_refused_by_name(client: Any, scene: Any) -> None:
+    message = refusal(client, "smoothguard", request(scene.image, "x")[:1])
+    assert "PROMPT" in message and "deadlock" not in message, message
+
+
+def test_huge_pixel_values_are_refused_by_the_mllm(client: Any) -> None:
+    """PIXEL_VALUES of 1e30 were answered with an empty string."""
+    huge = np.full((1, 3, 64, 64), 1e30, np.float32)
+    message = refusal(client, "mllm", [
+        tensor("PIXEL_VALUES", huge, "FP32"), tensor("PROMPT", [["Describe it."]], "BYTES"),
+    ])  # fmt: skip
+    assert "PIXEL_VALUES" in message and "magnitude 1e+30" in message, message
+
+
+def step_inputs(client: Any, scene: Any, n: int = 3) -> dict[str, Any]:
+    """The noise step's real outputs, as the ensemble would hand them to generate."""
+    noisy = client.infer("noise", request(scene.image, "Describe the image.", num_samples=n))
+    return {
+        "pixels": noisy.as_numpy("PIXEL_VALUES"),
+        "options": noisy.as_numpy("OPTIONS").reshape(-1)[0].decode(),
+    }
+
+
+def generate_call(pixels: np.ndarray, options: str, prompt: str = "Describe it.") -> list[Any]:
+    return [
+        tensor("PIXEL_VALUES", pixels, "FP32"),
+        tensor("PROMPT", np.array([prompt], np.object_), "BYTES"),
+        tensor("OPTIONS", np.array([options.encode()], np.object_), "BYTES"),
+    ]
+
+
+def test_internal_steps_check_their_inputs_like_public_ones(client: Any, scene: Any) -> None:
+    """generate, aggregate and the embedder are public: a direct caller gets INVALID_ARGUMENT
+    naming the input and the problem, and no MLLM row is queued for a bad request."""
+    step = step_inputs(client, scene)
+    pixels, options = step["pixels"], step["options"]
+    assert json.loads(options)["ticket"]  # the noise step marks its OPTIONS
+    ok = client.infer("generate", generate_call(pixels, options), client_timeout=120)
+    assert ok.as_numpy("CANDIDATES").shape == (3, 1)
+
+    bad_json = refusal(client, "generate", generate_call(pixels, options[:-1]))
+    assert bad_json.startswith("OPTIONS is not valid JSON"), bad_json
+    unknown = json.loads(options) | {"debug": True}
+    message = refusal(client, "generate", generate_call(pixels, json.dumps(unknown)))
+    assert message == "OPTIONS has unknown key(s): 'debug'"
+    many = json.loads(options) | {"num_samples": 5000}
+    message = refusal(client, "generate", generate_call(np.repeat(pixels, 2, 0), json.dumps(many)))
+    assert message == "OPTIONS key 'num_samples' must be an integer in [1, 64], got 5000"
+    message = refusal(client, "generate", generate_call(np.repeat(pixels, 30, 0), options))
+    assert message.startswith("PIXEL_VALUES has 90 rows but OPTIONS num_samples is 3"), message
+    message = refusal(client, "generate", generate_call(pixels[:, :, :32, :32].copy(), options))
+    assert "PIXEL_VALUES must have shape [N, 3, 64, 64]" in message, message
+    message = refusal(client, "generate", generate_call(pixels * 1e30, options))
+    assert "NaN or infinite" in message or "magnitude" in message, message
+
+    candidates = np.array([[b"yes"], [b"yes"], [b"no"]], np.object_)
+    vectors = np.eye(3, 8, dtype=np.float32)
+    aggregate = [
+        tensor("CANDIDATES", candidates, "BYTES"),
+        tensor("EMBEDDINGS", vectors[:2], "FP32"),
+        tensor("OPTIONS", np.array([options.encode()], np.object_), "BYTES"),
+    ]
+    message = refusal(client, "aggregate", aggregate)
+    assert message == "EMBEDDINGS must have one row per candidate (3), got shape [2, 8]"
+    aggregate[1] = tensor("EMBEDDINGS", np.full((3, 8), np.nan, np.float32), "FP32")
+    assert refusal(client, "aggregate", aggregate) == "EMBEDDINGS contains NaN or infinite values"
+
+    long_text = np.array([["x" * 5000]], np.object_)
+    message = refusal(client, "embedder", [tensor("TEXT", long_text, "BYTES")])
+    assert message == "TEXT row 0 has 5000 characters, over the limit of 4096"
+    assert client.is_server_live() and client.is_model_ready("smoothguard")

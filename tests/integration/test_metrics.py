@@ -14,9 +14,11 @@ import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
+from smoothguard.settings import DefenseSettings, resolve_options
 from smoothguard.synthpope import generate_split
 from smoothguard_client import DefendedAnswer, SmoothGuardClient, SmoothGuardError
 
@@ -54,6 +56,22 @@ def buckets(series: Series, name: str) -> dict[float, float]:
         for (n, labels), v in series.items()
         if n == f"{name}_bucket" and len(labels) == 1
     }
+
+
+def direct_aggregate(url: str) -> Any:
+    """Two made-up candidates that outvote the original, straight to aggregate."""
+    options = resolve_options(DefenseSettings(), num_samples=2, policy="refuse").to_json()
+    inputs = []
+    for name, array, wire in [
+        ("CANDIDATES", np.array([[b"attacked"], [b"yes"]], np.object_), "BYTES"),
+        ("EMBEDDINGS", np.array([[0, 1], [1, 0]], np.float32), "FP32"),
+        ("OPTIONS", np.array([options.encode()], np.object_), "BYTES"),
+    ]:
+        item = grpcclient.InferInput(name, list(array.shape), wire)
+        item.set_data_from_numpy(array)
+        inputs.append(item)
+    with grpcclient.InferenceServerClient(url) as client:
+        return client.infer("aggregate", inputs, client_timeout=60)
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +133,10 @@ def test_defense_metrics_match_the_requests_sent(server: Any) -> None:
         with pytest.raises(SmoothGuardError) as rejected:
             client.ask(scene.image, present, num_samples=0)
         assert rejected.value.status == "INVALID_ARGUMENT"
+    # Nor is a direct call to the public aggregate step with made-up candidates: answered, and
+    # refused by the policy, but its OPTIONS carry no ticket from the noise step.
+    direct = direct_aggregate(server.grpc_url)
+    assert direct.as_numpy("DECISION")[0] == b"refused"
 
     _, after = scrape(server.metrics_url)
     sent = len(answers)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -11,9 +12,15 @@ import pytest
 
 from smoothguard.settings import DefenseSettings, resolve_options
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
+# What the generate config passes besides the defense settings: the MLLM to call, and its
+# checkpoint, read for the input resolution (64 x 64 for the shipped model).
+PARAMS = {"mllm_model": "mllm", "mllm_path": str(REPO_ROOT / "models" / "synthvlm")}
+SIZE = (3, 64, 64)
+
 
 def make_request(pb: ModuleType, n: int) -> Any:
-    pixels = np.stack([np.full((3, 2, 2), i, np.float32) for i in range(n)])
+    pixels = np.stack([np.full(SIZE, i, np.float32) for i in range(n)])
     options = resolve_options(DefenseSettings(), num_samples=n, max_new_tokens=7)
     return pb.Request(
         PIXEL_VALUES=pixels,
@@ -28,7 +35,7 @@ def run(module: ModuleType, pb: ModuleType, failure_mode: str, fail: set[int], n
     async def handler(call: Any) -> Any:
         inputs = {t.name(): t.as_numpy() for t in call.inputs}
         assert call.model_name == "mllm"
-        assert inputs["PIXEL_VALUES"].shape == (1, 3, 2, 2)
+        assert inputs["PIXEL_VALUES"].shape == (1, *SIZE)
         assert inputs["MAX_NEW_TOKENS"].tolist() == [[7]]
         index = int(inputs["PIXEL_VALUES"][0, 0, 0, 0])
         seen.append(index)
@@ -43,7 +50,7 @@ def run(module: ModuleType, pb: ModuleType, failure_mode: str, fail: set[int], n
 
     pb.bls_handler = handler
     model = module.TritonPythonModel()
-    params = DefenseSettings(failure_mode=failure_mode).to_parameters() | {"mllm_model": "mllm"}
+    params = DefenseSettings(failure_mode=failure_mode).to_parameters() | PARAMS
     model.initialize(pb.model_args(params))
     (response,) = asyncio.run(model.execute([make_request(pb, n)]))
     assert sorted(seen) == list(range(n))
@@ -90,9 +97,9 @@ def run_adaptive(module: ModuleType, pb: ModuleType, answers: list[str]) -> tupl
 
     pb.bls_handler = handler
     model = module.TritonPythonModel()
-    params = DefenseSettings(adaptive_initial=3).to_parameters() | {"mllm_model": "mllm"}
+    params = DefenseSettings(adaptive_initial=3).to_parameters() | PARAMS
     model.initialize(pb.model_args(params))
-    pixels = np.stack([np.full((3, 2, 2), i, np.float32) for i in range(len(answers))])
+    pixels = np.stack([np.full(SIZE, i, np.float32) for i in range(len(answers))])
     options = resolve_options(DefenseSettings(), num_samples=len(answers), adaptive=True)
     request = pb.Request(
         PIXEL_VALUES=pixels,
@@ -120,11 +127,14 @@ def test_adaptive_goes_to_full_n_on_disagreement(load_model: Any, pb_utils: Modu
 
 def batch_fanout_model(load_model: Any, pb_utils: ModuleType, rows_per_call: int) -> Any:
     model = load_model("generate").TritonPythonModel()
-    params = DefenseSettings().to_parameters() | {
-        "mllm_model": "mllm",
-        "fanout": "batch",
-        "mllm_max_batch_size": str(rows_per_call),
-    }
+    params = (
+        DefenseSettings().to_parameters()
+        | PARAMS
+        | {
+            "fanout": "batch",
+            "mllm_max_batch_size": str(rows_per_call),
+        }
+    )
     model.initialize(pb_utils.model_args(params))
     return model
 
@@ -151,7 +161,7 @@ def test_batch_fanout_sends_rows_in_chunks(load_model: Any, pb_utils: ModuleType
 
 def test_unknown_fanout_is_a_config_error(load_model: Any, pb_utils: ModuleType) -> None:
     model = load_model("generate").TritonPythonModel()
-    params = DefenseSettings().to_parameters() | {"mllm_model": "mllm", "fanout": "spray"}
+    params = DefenseSettings().to_parameters() | PARAMS | {"fanout": "spray"}
     with pytest.raises(ValueError, match="fanout"):
         model.initialize(pb_utils.model_args(params))
 
@@ -184,3 +194,85 @@ def test_all_copies_are_handed_on_without_a_copy(load_model: Any, pb_utils: Modu
         list(range(8)),
         [8, 9],
     ]
+
+
+def refused_before_any_call(load_model: Any, pb: ModuleType, request: Any) -> str:
+    """generate's INVALID_ARGUMENT message for a direct call; no MLLM call may be made."""
+    calls: list[Any] = []
+
+    async def handler(call: Any) -> Any:
+        calls.append(call)
+        raise AssertionError("a refused request must not reach the MLLM")
+
+    pb.bls_handler = handler
+    model = load_model("generate").TritonPythonModel()
+    model.initialize(pb.model_args(DefenseSettings().to_parameters() | PARAMS))
+    (response,) = asyncio.run(model.execute([request]))
+    assert not calls
+    assert response.has_error()
+    assert response.error().code() == pb.TritonError.INVALID_ARG, response.error().message()
+    return response.error().message()
+
+
+def direct(pb: ModuleType, pixels: np.ndarray, options: str, prompt: bytes | None = b"q") -> Any:
+    inputs = {"PIXEL_VALUES": pixels, "OPTIONS": np.array([options.encode()], np.object_)}
+    if prompt is not None:
+        inputs["PROMPT"] = np.array([prompt], np.object_)
+    return pb.Request(**inputs)
+
+
+def options_for(n: int) -> str:
+    return resolve_options(DefenseSettings(), num_samples=n).to_json()
+
+
+def test_rows_must_match_the_options_and_their_limit(load_model: Any, pb_utils: ModuleType) -> None:
+    """One direct call cannot queue thousands of MLLM rows: the rows are the OPTIONS' num_samples,
+    which is bounded by num_samples_max (64)."""
+    many = np.zeros((1000, *SIZE), np.float32)
+    message = refused_before_any_call(load_model, pb_utils, direct(pb_utils, many, options_for(10)))
+    assert message.startswith("PIXEL_VALUES has 1000 rows but OPTIONS num_samples is 10")
+    forged = options_for(10).replace('"num_samples": 10', '"num_samples": 1000')
+    message = refused_before_any_call(load_model, pb_utils, direct(pb_utils, many, forged))
+    assert message == "OPTIONS key 'num_samples' must be an integer in [1, 64], got 1000"
+
+
+@pytest.mark.parametrize(
+    ("pixels", "expected"),
+    [
+        (np.zeros((2, 3, 32, 32), np.float32), "shape [N, 3, 64, 64], got [2, 3, 32, 32]"),
+        (np.full((2, *SIZE), np.nan, np.float32), "NaN or infinite"),
+        (np.full((2, *SIZE), 1e30, np.float32), "magnitude 1e+30, over the limit of 12.1"),
+        (np.full((2, *SIZE), -50.0, np.float32), "magnitude 50"),
+    ],
+    ids=["resolution", "nan", "huge", "far-outside"],
+)
+def test_pixel_values_must_be_what_the_mllm_takes(
+    load_model: Any, pb_utils: ModuleType, pixels: np.ndarray, expected: str
+) -> None:
+    request = direct(pb_utils, pixels, options_for(2))
+    message = refused_before_any_call(load_model, pb_utils, request)
+    assert message.startswith("PIXEL_VALUES") and expected in message, message
+
+
+@pytest.mark.parametrize(
+    ("options", "prompt", "expected"),
+    [
+        ('{"sigma": 0.1', b"q", "OPTIONS is not valid JSON"),
+        (options_for(2)[:-1] + ', "extra": 1}', b"q", "OPTIONS has unknown key(s): 'extra'"),
+        (options_for(2).replace('"seed": null', '"seed": -1'), b"q", "OPTIONS key 'seed'"),
+        (options_for(2).replace('"max_new_tokens": 32', '"max_new_tokens": 1e9'), b"q",
+         "OPTIONS key 'max_new_tokens' must be an integer"),
+        (options_for(2).replace('"adaptive": false', '"adaptive": 0'), b"q",
+         "OPTIONS key 'adaptive' must be a boolean"),
+        (options_for(2), None, "input PROMPT is required"),
+        (options_for(2), b"   ", "PROMPT is empty"),
+        (options_for(2), b"\xff", "PROMPT is not valid UTF-8"),
+    ],
+    ids=["json", "unknown", "seed", "tokens", "bool", "no-prompt", "empty-prompt", "utf8"],
+)  # fmt: skip
+def test_options_and_prompt_are_checked_as_a_strangers(
+    load_model: Any, pb_utils: ModuleType, options: str, prompt: bytes | None, expected: str
+) -> None:
+    request = direct(pb_utils, np.zeros((2, *SIZE), np.float32), options, prompt)
+    message = refused_before_any_call(load_model, pb_utils, request)
+    assert expected in message, message

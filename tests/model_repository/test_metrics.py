@@ -4,6 +4,7 @@ adds to them. The real server's :8002 output is checked in tests/integration/tes
 from __future__ import annotations
 
 import importlib
+import json
 from types import ModuleType
 from typing import Any
 
@@ -81,7 +82,8 @@ def test_the_aggregate_model_records_each_request(load_model: Any, pb_utils: Mod
     model.initialize(pb_utils.model_args(settings.to_parameters() | {"device": "cpu"}))
     texts = ["attacked", "yes", "yes", "yes", "yes"]
     vectors = np.array([[0, 1], [1, 0], [1, 0], [1, 0], [1, 0]], np.float32)
-    options = resolve_options(settings, num_samples=5, policy="refuse").to_json()
+    # OPTIONS as the noise step writes them: with the ticket only the ensemble's steps can make
+    options = model.tickets.issue(resolve_options(settings, num_samples=5, policy="refuse"))
     good = pb_utils.Request(
         CANDIDATES=np.array([[t.encode()] for t in texts], np.object_),
         EMBEDDINGS=vectors,
@@ -106,3 +108,47 @@ def test_the_aggregate_model_records_each_request(load_model: Any, pb_utils: Mod
     (samples,) = family(pb_utils, "smoothguard_samples_used").metrics
     assert samples.observations == [5]
     model.finalize()
+
+
+def test_direct_calls_are_answered_but_not_counted(load_model: Any, pb_utils: ModuleType) -> None:
+    """OPTIONS written by hand (no ticket, or a forged one) come from a direct call to the
+    public aggregate step, not from the ensemble: answered, never a defended request."""
+    model = load_model("aggregate").TritonPythonModel()
+    settings = DefenseSettings()
+    model.initialize(pb_utils.model_args(settings.to_parameters() | {"device": "cpu"}))
+    options = resolve_options(settings, num_samples=2, policy="refuse")
+    forged = options.to_json()[:-1] + ', "ticket": "' + "0" * 64 + '"}'
+    requests = [
+        pb_utils.Request(
+            CANDIDATES=np.array([[b"attacked"], [b"yes"]], np.object_),
+            EMBEDDINGS=np.array([[0, 1], [1, 0]], np.float32),
+            OPTIONS=np.array([text.encode()], np.object_),
+        )
+        for text in (options.to_json(), forged)
+    ]
+    responses = model.execute(requests)
+    assert not any(r.has_error() for r in responses)
+    requests_total = family(pb_utils, "smoothguard_requests_total").metrics
+    assert sum(m.value() for m in requests_total) == 0
+    (samples,) = family(pb_utils, "smoothguard_samples_used").metrics
+    assert samples.observations == []
+    model.finalize()
+
+
+def test_tickets_bind_the_options_and_the_server_key(
+    metrics_module: ModuleType, tmp_path: Any
+) -> None:
+    settings = DefenseSettings()
+    key = metrics_module.server_key(tmp_path / "keys", server_pid=12345)
+    assert metrics_module.server_key(tmp_path / "keys", server_pid=12345) == key  # shared
+    assert (tmp_path / "keys").stat().st_mode & 0o777 == 0o700
+    tickets = metrics_module.EnsembleTickets(key)
+    options = resolve_options(settings, num_samples=3, seed=1)
+    issued = json.loads(tickets.issue(options))
+    assert tickets.verify(options, issued["ticket"])  # deterministic: the cache still hits
+    assert tickets.issue(options) == tickets.issue(options)
+    other = resolve_options(settings, num_samples=4, seed=1)
+    assert not tickets.verify(other, issued["ticket"])
+    assert not tickets.verify(options, None) and not tickets.verify(options, 7)
+    stranger = metrics_module.EnsembleTickets(b"k" * 32)
+    assert not stranger.verify(options, issued["ticket"])

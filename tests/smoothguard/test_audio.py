@@ -12,6 +12,7 @@ import pytest
 
 from smoothguard.audio import (
     DEFAULT_RMS_FLOOR,
+    audio_value_bound,
     check_waveform,
     noise_std,
     noisy_copies,
@@ -47,6 +48,12 @@ def test_check_waveform_accepts_mono_float32() -> None:
         (np.zeros(16000 * 31, np.float32), 16000, "limit"),
         (np.array([0.0, np.nan], np.float32), 16000, "NaN"),
         (np.array([0.0, np.inf], np.float32), 16000, "NaN or infinite"),
+        (
+            np.array([0.0, 1e30], np.float32),
+            16000,
+            r"\[-1, 1\] \(full scale\), got a peak of 1e\+30",
+        ),
+        (np.array([0.0, -1.5], np.float32), 16000, "peak of 1.5"),
     ],
 )
 def test_check_waveform_rejects(waveform: np.ndarray, rate: int, message: str) -> None:
@@ -261,3 +268,14 @@ def test_settings_for_audio_swap_in_the_audio_sigma() -> None:
         resolve_options(audio, sigma=1.6)
     with pytest.raises(ValueError, match="audio_noise_unit"):
         DefenseSettings(audio_noise_unit="decibel")  # type: ignore[arg-type]
+
+
+def test_full_scale_is_accepted_and_the_bound_leaves_room_for_noise() -> None:
+    edge = np.array([-1.0, 1.0, 0.0], np.float32)
+    assert check_waveform(edge, sample_rate=16000) is edge
+    bound = audio_value_bound(2.0)
+    assert bound == 21.0
+    copies = noisy_copies(
+        _tone(amplitude=0.9), num_samples=16, sigma=2.0, rng=make_rng(np, 0), clip=False
+    )
+    assert np.abs(copies).max() < bound  # unclipped noisy copies of a loud clip stay inside

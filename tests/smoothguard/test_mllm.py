@@ -94,3 +94,13 @@ def test_bad_pixel_shapes_are_refused(model: VisionLanguageModel) -> None:
         model.generate(torch.zeros(2, 3, *model.image_size), ["a", "b", "c"])
     with pytest.raises(ValueError, match="answers"):
         model.answer_logprob(torch.zeros(2, 3, *model.image_size), "a", ["x"])
+
+
+def test_preprocess_reads_channels_last_without_guessing(model: VisionLanguageModel) -> None:
+    """A 3 x 40 red strip is red: the layout is stated, never inferred from the shape."""
+    red = np.zeros((3, 40, 3), np.uint8)
+    red[..., 0] = 255
+    centre = model.preprocess([red])[0, :, model.image_size[0] // 2, model.image_size[1] // 2]
+    mean, std = model.image_mean, model.image_std
+    assert centre[0].item() == pytest.approx((1 - mean[0]) / std[0], abs=0.05)
+    assert centre[1].item() == pytest.approx(-mean[1] / std[1], abs=0.05)

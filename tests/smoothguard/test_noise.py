@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from smoothguard.noise import make_rng, noisy_copies, pixel_sigma
+from smoothguard.noise import make_rng, noise_value_bound, noisy_copies, pixel_sigma
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -186,3 +186,19 @@ def test_rejects_bad_arguments(kwargs: dict, match: str) -> None:
 def test_rejects_negative_seed() -> None:
     with pytest.raises(ValueError, match="seed"):
         make_rng(np, -1)
+
+
+@pytest.mark.parametrize("unit", ["normalized", "pixel"])
+def test_value_bound_holds_every_unclipped_copy_and_nothing_absurd(unit: str) -> None:
+    """What steps fed by callers accept: every copy the noise step can make (here without
+    clipping, at the largest sigma), and nothing like 1e30."""
+    bound = noise_value_bound(CLIP_MEAN, CLIP_STD, sigma_max=1.0, unit=unit)
+    lo = [(0 - m) / s for m, s in zip(CLIP_MEAN, CLIP_STD, strict=True)]
+    hi = [(1 - m) / s for m, s in zip(CLIP_MEAN, CLIP_STD, strict=True)]
+    x = np.stack([np.full((32, 32), v, np.float32) for v in hi])  # the brightest image
+    out = noisy_copies(
+        x, num_samples=64, sigma=1.0, unit=unit, clip=False, mean=CLIP_MEAN, std=CLIP_STD,
+        rng=make_rng(np, 0),
+    )  # fmt: skip
+    assert np.abs(out).max() < bound
+    assert max(abs(v) for v in lo + hi) < bound < 100

@@ -109,7 +109,7 @@ def test_empty_generations_are_not_chosen() -> None:
     )
     out = guard.defend(image(), "q", options(s, num_samples=6))
     assert out.text == "cat" and out.chosen_index == 0
-    assert out.cluster_sizes == (2, 0) and out.agreement == pytest.approx(2 / 6)
+    assert out.cluster_sizes == (2, 4) and out.agreement == pytest.approx(2 / 6)
     assert out.reason == "low_agreement"
 
 

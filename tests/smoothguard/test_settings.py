@@ -8,7 +8,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from smoothguard.settings import DefenseSettings, InvalidRequest, RequestOptions, resolve_options
+from smoothguard.settings import (
+    DefenseSettings,
+    InvalidRequest,
+    RequestOptions,
+    parse_options,
+    resolve_options,
+)
 
 
 def test_defaults_match_the_paper() -> None:
@@ -67,3 +73,55 @@ def test_bad_parameter_values_fail_loudly() -> None:
 def test_options_json_round_trip() -> None:
     options = resolve_options(DefenseSettings(), seed=3, return_candidates=True)
     assert RequestOptions.from_json(options.to_json()) == options
+
+
+def test_options_json_is_parsed_strictly() -> None:
+    """OPTIONS reach public steps: every key known, typed and bounded by the server's limits."""
+    settings = DefenseSettings()
+    good = resolve_options(settings, num_samples=4).to_json()
+    assert parse_options(good, settings)[0].num_samples == 4
+    assert parse_options(good.encode(), settings)[0] == RequestOptions.from_json(good)
+    with_ticket = good[:-1] + ', "ticket": "abc"}'
+    assert parse_options(with_ticket, settings, extra_keys=("ticket",))[1] == {"ticket": "abc"}
+    cases = {
+        with_ticket: "unknown key(s): 'ticket'",
+        good.replace('"num_samples": 4', '"num_samples": 4000'): "an integer in [1, 64], got 4000",
+        good.replace('"num_samples": 4', '"num_samples": 4.0'): "'num_samples' must be an integer",
+        good.replace('"num_samples": 4', '"num_samples": true'): "'num_samples' must be an integer",
+        good.replace('"num_samples": 4', '"num_samples": ' + "9" * 500): "'num_samples'",
+        good.replace('"sigma": 0.15', '"sigma": 1e400'): "'sigma' must be a finite number",
+        good.replace('"sigma": 0.15', '"sigma": 1' + "0" * 400): "'sigma' must be a finite",
+        good.replace('"sigma": 0.15', '"sigma": Infinity'): "Infinity, which is not JSON",
+        good.replace('"sigma": 0.15', '"sigma": "0.15"'): "'sigma' must be a number",
+        good.replace('"seed": null', '"seed": 9223372036854775808'): "'seed' must be an integer in",
+        good.replace('"policy": "answer"', '"policy": "yolo"'): "'policy' must be one of",
+        good.replace('"return_candidates": false', '"return_candidates": "no"'): "a boolean",
+        good.replace('"adaptive": false, ', ""): "lacks key(s): 'adaptive'",
+        good[:-1] + ', "sigma": 0.2}': "key 'sigma' twice",
+        "[" * 2000 + "]" * 2000: "not valid JSON",  # past the parser's recursion limit
+        "x" * 5000: "longer than 4096 bytes",
+        b"\xff\xfe": "not valid UTF-8",
+        "null": "must be a JSON object",
+    }  # fmt: skip
+    for text, expected in cases.items():
+        with pytest.raises(InvalidRequest, match="OPTIONS") as info:
+            parse_options(text, settings)
+        assert expected in str(info.value), (text[:60], str(info.value))
+
+
+def test_options_bounds_follow_the_server() -> None:
+    text = resolve_options(DefenseSettings(), seed=5, sigma=0.9).to_json()
+    with pytest.raises(InvalidRequest, match="refuses seeds"):
+        parse_options(text, DefenseSettings(allow_seed=False))
+    with pytest.raises(InvalidRequest, match="'sigma'"):
+        parse_options(text, DefenseSettings(sigma_max=0.5, sigma=0.1))
+    assert parse_options(text, DefenseSettings(sigma_max=0.5, sigma=0.1), sigma_max=2.0)[0].sigma
+
+
+def test_every_option_field_has_a_json_kind() -> None:
+    """parse_options must know every RequestOptions field (a new one would be refused)."""
+    from dataclasses import fields
+
+    from smoothguard.settings import _OPTION_KINDS
+
+    assert [f.name for f in fields(RequestOptions)] == list(_OPTION_KINDS)

@@ -27,6 +27,19 @@ def test_prompt_table_ids_sit_between_pre_and_post_prompt() -> None:
     assert (ids[len(pre) + 576 :] < 32064).all()
 
 
+@pytest.mark.parametrize("prompt", ["What is this?", "x" * 500])
+def test_ids_with_bos_fit_the_engines_max_input_len(prompt: str) -> None:
+    """BOS is one of the max_text_len ids: a long prompt fills max_input_len exactly, never
+    one more (the engine refuses a longer input)."""
+    layout = PromptTableLayout(vocab_size=1000, num_visual_features=4, max_text_len=20, bos_id=1)
+    ids = layout.input_ids(fake_encode, prompt)
+    assert ids[0] == 1 and list(ids).count(1) >= 1
+    assert len(ids) <= layout.max_input_len == 24
+    if len(prompt) > 100:
+        assert len(ids) == layout.max_input_len
+        assert list(ids[-len(" ASSISTANT:") :]) == fake_encode(" ASSISTANT:")
+
+
 def test_long_prompt_keeps_the_assistant_tail() -> None:
     layout = PromptTableLayout(vocab_size=1000, num_visual_features=4, max_text_len=20)
     ids = layout.input_ids(fake_encode, "x" * 500)

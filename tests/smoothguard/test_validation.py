@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 
 import numpy as np
 import pytest
@@ -10,11 +11,14 @@ from PIL import Image
 
 from smoothguard.settings import InvalidRequest
 from smoothguard.validation import (
+    check_embeddings,
     check_image_array,
     check_pixel_values,
     decode_image_bytes,
     decode_prompt,
+    decode_texts,
     image_from_inputs,
+    scrub,
     single_scalar,
 )
 
@@ -121,3 +125,88 @@ def test_single_scalar() -> None:
         single_scalar(np.array([1, 2]), "X")
     with pytest.raises(InvalidRequest, match="finite"):
         single_scalar(np.array([np.nan], np.float32), "X")
+
+
+def test_undecodable_bytes_name_no_object_address() -> None:
+    """PIL says "cannot identify image file <_io.BytesIO object at 0x7f...>": not to a caller."""
+    with pytest.raises(InvalidRequest) as info:
+        decode_image_bytes(b"definitely not a png", **LIMITS)
+    message = str(info.value)
+    assert message.startswith("IMAGE_BYTES could not be decoded")
+    assert "0x" not in message and "object at" not in message, message
+
+
+def test_scrub_removes_reprs_and_addresses() -> None:
+    text = scrub(
+        "cannot identify image file <_io.BytesIO object at 0x7f3a2b1c0d90> at 0xdeadbeef00"
+    )
+    assert text == "cannot identify image file <data> at 0x…"
+    assert len(scrub("x" * 1000)) == 300
+
+
+@pytest.mark.parametrize(
+    ("shape", "message"),
+    [
+        ((1, 1, 3), "1x1 pixels; each side must be at least 4"),
+        ((1, 4096, 3), "4096x1 pixels; each side must be at least 4"),
+        ((3, 3, 3), "each side must be at least 4"),
+        ((4, 4096, 3), "aspect ratio of 1024:1, over the limit of 32:1"),
+    ],
+)
+def test_tiny_and_thin_images_are_refused_not_guessed(
+    shape: tuple[int, int, int], message: str
+) -> None:
+    limits = {"max_pixels": 1 << 24, "min_side": 4, "max_aspect": 32.0}
+    with pytest.raises(InvalidRequest, match=re.escape(message)):
+        check_image_array(np.zeros(shape, np.uint8), **limits)
+    with pytest.raises(InvalidRequest, match=re.escape(message)):
+        decode_image_bytes(encoded(np.zeros(shape, np.uint8), "PNG"), max_bytes=1 << 20, **limits)
+    assert check_image_array(np.zeros((4, 128, 3), np.uint8), **limits).shape == (4, 128, 3)
+
+
+def test_pixel_values_bound_and_rows() -> None:
+    good = np.zeros((2, 3, 8, 8), np.float32)
+    assert check_pixel_values(good, image_size=None, max_abs=5.0, max_rows=2) is good
+    with pytest.raises(InvalidRequest, match="over the limit of 1"):
+        check_pixel_values(good, image_size=(8, 8), max_rows=1)
+    with pytest.raises(InvalidRequest, match="no rows"):
+        check_pixel_values(good[:0], image_size=(8, 8))
+    huge = good.copy()
+    huge[0, 0, 0, 0] = 1e30
+    with pytest.raises(InvalidRequest, match=r"magnitude 1e\+30, over the limit of 5"):
+        check_pixel_values(huge, image_size=(8, 8), max_abs=5.0)
+    with pytest.raises(InvalidRequest, match=r"\[N, 3, H, W\]"):
+        check_pixel_values(np.zeros((2, 4, 8, 8), np.float32), image_size=None)
+
+
+def test_embeddings_checks() -> None:
+    good = np.eye(3, dtype=np.float32)
+    assert check_embeddings(good, 3) is good
+    for bad, message in [
+        (good[:2], "one row per candidate"),
+        (good.astype(np.float64), "float32"),
+        (np.zeros((3, 0), np.float32), "dimensions"),
+        (np.full((3, 3), np.nan, np.float32), "NaN"),
+        (np.full((3, 3), 1e20, np.float32), "magnitude"),
+    ]:
+        with pytest.raises(InvalidRequest, match=message):
+            check_embeddings(bad, 3)
+
+
+def test_decode_texts_bounds_rows_and_length() -> None:
+    column = np.array([[b"yes"], ["é".encode()]], np.object_)
+    assert decode_texts(column, name="TEXT", max_chars=5, max_rows=2) == ["yes", "é"]
+    for raw, kwargs, message in [
+        (column, {"max_rows": 1}, "2 rows, over the limit of 1"),
+        (np.array([[b"x" * 21]], np.object_), {}, "21 bytes, over the limit of 5 characters"),
+        (np.array([[b"x" * 6]], np.object_), {}, "6 characters, over the limit of 5"),
+        (np.array([[b"\xff"]], np.object_), {}, "row 0 is not valid UTF-8"),
+        (np.zeros((0, 1), np.object_), {}, "no rows"),
+    ]:
+        with pytest.raises(InvalidRequest, match=message):
+            decode_texts(raw, name="TEXT", **({"max_chars": 5, "max_rows": 8} | kwargs))
+
+
+def test_oversized_prompt_bytes_are_refused_before_decoding() -> None:
+    with pytest.raises(InvalidRequest, match="bytes, over the limit of 10 characters"):
+        decode_prompt(b"x" * 41, max_chars=10)

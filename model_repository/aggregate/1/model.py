@@ -7,7 +7,8 @@ import triton_python_backend_utils as pb_utils
 
 from smoothguard.aggregate import select_one
 from smoothguard.policy import decide
-from smoothguard.settings import DefenseSettings, InvalidRequest, RequestOptions
+from smoothguard.settings import DefenseSettings
+from smoothguard.validation import DEFAULT_MAX_TEXT_CHARS, check_embeddings, decode_texts
 from smoothguard.xp import get_xp
 from smoothguard_triton.glue import (
     bytes_tensor,
@@ -15,8 +16,9 @@ from smoothguard_triton.glue import (
     model_parameters,
     required_input,
     respond_each,
+    step_options,
 )
-from smoothguard_triton.metrics import DefenseMetrics
+from smoothguard_triton.metrics import DefenseMetrics, EnsembleTickets
 
 
 class TritonPythonModel:
@@ -24,8 +26,12 @@ class TritonPythonModel:
         params = model_parameters(args)
         limit_threads(params)
         self.settings = DefenseSettings.from_parameters(params)
+        # Shared by smoothguard and smoothguard_audio: OPTIONS' sigma is bounded by the larger
+        # of the two modalities' limits (this step does not use sigma beyond the audit line).
+        self.sigma_max = max(self.settings.sigma_max, self.settings.audio_sigma_max)
         self.xp = get_xp(params.get("device", "auto"))
         self.metrics = DefenseMetrics(self.settings.num_samples_max)
+        self.tickets = EnsembleTickets()
 
     def finalize(self):
         self.metrics.close()
@@ -34,22 +40,25 @@ class TritonPythonModel:
         return respond_each(requests, self._handle)
 
     def _handle(self, request):
-        raw = required_input(request, "CANDIDATES").reshape(-1)
-        candidates = [bytes(c).decode("utf-8", errors="replace") for c in raw]
-        embeddings = required_input(request, "EMBEDDINGS").astype(np.float32, copy=False)
-        options = RequestOptions.from_json(required_input(request, "OPTIONS").reshape(-1)[0])
-        if embeddings.shape[0] != len(candidates) or not candidates:
-            raise InvalidRequest(
-                f"{len(candidates)} candidates but embeddings of shape {list(embeddings.shape)}"
-            )
+        options, ticket = step_options(request, self.settings, sigma_max=self.sigma_max)
+        candidates = decode_texts(
+            required_input(request, "CANDIDATES"),
+            name="CANDIDATES",
+            max_chars=DEFAULT_MAX_TEXT_CHARS,
+            max_rows=options.num_samples,  # adaptive sampling or failing open give fewer
+        )
+        embeddings = check_embeddings(required_input(request, "EMBEDDINGS"), len(candidates))
         empty = np.array([not c.strip() for c in candidates])
         selection = select_one(self.xp.asarray(embeddings), empty=empty)
         decision = decide(selection, candidates, options.policy, self.settings)
-        self.metrics.record(
-            decision.decision, selection.original_outvoted, selection.agreement, len(candidates)
-        )
+        # Only a request that came through an ensemble is a defended request (EnsembleTickets).
+        defended = self.tickets.verify(options, ticket)
+        if defended:
+            self.metrics.record(
+                decision.decision, selection.original_outvoted, selection.agreement, len(candidates)
+            )
         if self.settings.audit_log:
-            self._audit(request, options, selection, decision, len(candidates))
+            self._audit(request, options, selection, decision, len(candidates), defended)
         returned = candidates if options.return_candidates else []
         return [
             bytes_tensor("TEXT", [decision.text]),
@@ -65,11 +74,13 @@ class TritonPythonModel:
             bytes_tensor("ALL_CANDIDATES", returned, (len(returned),)),
         ]
 
-    def _audit(self, request, options, selection, decision, used):
-        """One JSON line a log pipeline can ingest: the evidence, never the prompt or image."""
+    def _audit(self, request, options, selection, decision, used, defended):
+        """One JSON line a log pipeline can ingest: the evidence, never the prompt or image;
+        `ensemble` false marks a direct call to this step (not counted in the metrics)."""
         record = {
             "event": "smoothguard_audit",
             "request_id": request.request_id(),
+            "ensemble": defended,
             "decision": decision.decision,
             "reason": decision.reason,
             "agreement": round(selection.agreement, 4),

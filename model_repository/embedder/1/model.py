@@ -1,10 +1,17 @@
-"""Triton adapter for the sentence encoder: all texts of all batched requests in one pass."""
+"""Triton adapter for the sentence encoder: all texts of all batched requests in one pass.
+
+Public like every model here: a request's texts are bounded in number (the config's
+max_batch_size, which Triton enforces too) and in length (parameter max_text_chars, checked
+on the bytes before decoding), so one call cannot make the encoder tokenise megabytes.
+"""
+
+import json
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from smoothguard.embedder import SentenceEncoder
-from smoothguard.settings import InvalidRequest
+from smoothguard.validation import DEFAULT_MAX_TEXT_CHARS, decode_texts
 from smoothguard_triton.glue import error_response, limit_threads, model_parameters, required_input
 
 
@@ -13,14 +20,19 @@ class TritonPythonModel:
         params = model_parameters(args)
         limit_threads(params)
         self.encoder = SentenceEncoder(params["model_path"])
-        self.max_chars = int(params.get("max_text_chars", "4096"))
+        self.max_chars = int(params.get("max_text_chars", DEFAULT_MAX_TEXT_CHARS))
+        self.max_rows = max(1, int(json.loads(args["model_config"]).get("max_batch_size", 1)))
 
     def execute(self, requests):
         texts, spans, responses = [], [], [None] * len(requests)
         for index, request in enumerate(requests):
             try:
-                raw = required_input(request, "TEXT").reshape(-1)
-                batch = [self._decode(t) for t in raw]
+                batch = decode_texts(
+                    required_input(request, "TEXT"),
+                    name="TEXT",
+                    max_chars=self.max_chars,
+                    max_rows=self.max_rows,
+                )
             except Exception as exc:  # noqa: BLE001 - this request alone fails
                 responses[index] = error_response(exc)
                 continue
@@ -34,14 +46,3 @@ class TritonPythonModel:
             out = np.ascontiguousarray(embeddings[start:stop], dtype=np.float32)
             responses[index] = pb_utils.InferenceResponse([pb_utils.Tensor("EMBEDDING", out)])
         return responses
-
-    def _decode(self, raw):
-        try:
-            text = bytes(raw).decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise InvalidRequest(f"TEXT is not valid UTF-8: {exc}") from exc
-        if len(text) > self.max_chars:
-            raise InvalidRequest(
-                f"TEXT has {len(text)} characters, over the limit of {self.max_chars}"
-            )
-        return text

@@ -13,14 +13,20 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from smoothguard.adaptive import first_round, unanimous
-from smoothguard.settings import DefenseSettings, RequestOptions
+from smoothguard.audio import AudioPreprocessor, audio_value_bound
+from smoothguard.noise import noise_value_bound
+from smoothguard.preprocess import read_image_input_spec
+from smoothguard.settings import DefenseSettings, InvalidRequest
+from smoothguard.validation import check_finite_bounded, check_pixel_values
 from smoothguard_triton.glue import (
     bytes_tensor,
     error_response,
     limit_threads,
     model_parameters,
+    request_prompt,
     required_input,
     required_tensor,
+    step_options,
 )
 
 
@@ -34,11 +40,16 @@ class TritonPythonModel:
     def initialize(self, args):
         params = model_parameters(args)
         limit_threads(params)
-        self.settings = DefenseSettings.from_parameters(params)
         self.mllm = params["mllm_model"]
         # The copies' tensor name, the same here and at the MLLM: PIXEL_VALUES for images,
         # AUDIO for the audio endpoint (generate_audio, same code).
         self.samples_input = params.get("samples_input", "PIXEL_VALUES")
+        if self.samples_input not in SAMPLE_CHECKS:
+            raise ValueError(f"samples_input must be one of {sorted(SAMPLE_CHECKS)}")
+        settings = DefenseSettings.from_parameters(params)
+        # OPTIONS bound sigma in the unit of the modality, as the noise step did.
+        self.settings = settings.for_audio() if self.samples_input == "AUDIO" else settings
+        self._check_samples = SAMPLE_CHECKS[self.samples_input](params, self.settings)
         # Upper bound on one round of MLLM calls, so a stuck or overloaded MLLM fails the
         # request with a clear UNAVAILABLE instead of holding it (and this instance) forever.
         timeout = float(params.get("mllm_timeout_s", "0") or 0)
@@ -55,10 +66,19 @@ class TritonPythonModel:
 
     async def _one(self, request):
         try:
-            samples = required_tensor(request, self.samples_input)
+            # Public like every step: OPTIONS, PROMPT and the copies are checked as a stranger's
+            # before one MLLM call is queued.
+            options, _ = step_options(request, self.settings)
+            request_prompt(request, self.settings)
             prompt = required_input(request, "PROMPT").reshape(1, 1)
-            options = RequestOptions.from_json(required_input(request, "OPTIONS").reshape(-1)[0])
+            samples = required_tensor(request, self.samples_input)
             n = samples.shape()[0]
+            if n != options.num_samples:
+                raise InvalidRequest(
+                    f"{self.samples_input} has {n} rows but OPTIONS num_samples is "
+                    f"{options.num_samples}: the noise step makes exactly one row per sample"
+                )
+            self._check_samples(samples.as_numpy())
             first = first_round(
                 n, adaptive=options.adaptive, initial=self.settings.adaptive_initial
             )
@@ -138,6 +158,42 @@ class TritonPythonModel:
                 first.error.code(),
             )
         return [t for t in texts if not isinstance(t, _Failed)]  # fail open: vote with the rest
+
+
+def _pixel_check(params, settings):
+    """PIXEL_VALUES [N, 3, H, W] at the MLLM's resolution and inside its normalised range,
+    read from the checkpoint's processor config (the noise step's source of truth too). A
+    processor without a fixed resolution leaves H and W to the MLLM's own check."""
+    spec = read_image_input_spec(params["mllm_path"])
+    bound = noise_value_bound(
+        spec.mean, spec.std, sigma_max=settings.sigma_max, unit=settings.noise_unit
+    )
+
+    def check(values):
+        check_pixel_values(values, image_size=spec.image_size, max_abs=bound)
+
+    return check
+
+
+def _audio_check(params, settings):
+    """AUDIO [N, T]: T the audio model's window (what noise_audio makes), samples within full
+    scale plus the noise the server allows (smoothguard.audio.audio_value_bound)."""
+    window = AudioPreprocessor.load(params["audio_mllm_path"]).window
+    bound = audio_value_bound(settings.sigma_max)
+
+    def check(values):
+        if values.ndim != 2 or values.shape[1] != window:
+            raise InvalidRequest(
+                f"AUDIO must have shape [N, {window}] (the model's window), "
+                f"got {list(values.shape)}"
+            )
+        check_finite_bounded(values, "AUDIO", bound)
+
+    return check
+
+
+# samples_input -> (config parameters, settings) -> a check of the copies' array
+SAMPLE_CHECKS = {"PIXEL_VALUES": _pixel_check, "AUDIO": _audio_check}
 
 
 class _Failed:

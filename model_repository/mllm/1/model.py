@@ -10,6 +10,7 @@ import triton_python_backend_utils as pb_utils
 
 from smoothguard.audio import AudioPreprocessor, audio_from_inputs
 from smoothguard.mllm import VisionLanguageModel
+from smoothguard.noise import noise_value_bound
 from smoothguard.settings import DefenseSettings, InvalidRequest, resolve_options
 from smoothguard.validation import check_image_array, check_pixel_values, decode_prompt
 from smoothguard_triton.glue import (
@@ -70,6 +71,8 @@ class TritonPythonModel:
             raise InvalidRequest("PROMPT must have one row per input row")
         prompts = [decode_prompt(p, max_chars=s.max_prompt_chars) for p in raw_prompts]
         raw_tokens = optional_input(request, "MAX_NEW_TOKENS")
+        if raw_tokens is not None and raw_tokens.size != values.shape[0]:
+            raise InvalidRequest("MAX_NEW_TOKENS must have one row per input row")
         tokens = None if raw_tokens is None else {int(t) for t in raw_tokens.reshape(-1)}
         if tokens is not None and len(tokens) != 1:
             raise InvalidRequest("MAX_NEW_TOKENS must be the same for every row of a request")
@@ -84,9 +87,22 @@ def _image_rows(model, request, settings):
     if (image is None) == (pixel_values is None):
         raise InvalidRequest("send exactly one of IMAGE or PIXEL_VALUES")
     if image is not None:
-        rows = [check_image_array(img, max_pixels=settings.max_image_pixels) for img in image]
+        rows = [
+            check_image_array(
+                img,
+                max_pixels=settings.max_image_pixels,
+                min_side=settings.min_image_side,
+                max_aspect=settings.max_image_aspect,
+            )
+            for img in image
+        ]
         return model.preprocess(rows).numpy()
-    return check_pixel_values(pixel_values, image_size=model.image_size)
+    # Values far outside what the noise step can make (e.g. 1e30) are no image: refused, not
+    # answered with whatever the model makes of them.
+    bound = noise_value_bound(
+        model.image_mean, model.image_std, sigma_max=settings.sigma_max, unit=settings.noise_unit
+    )
+    return check_pixel_values(pixel_values, image_size=model.image_size, max_abs=bound)
 
 
 def _audio_rows(model, request, settings):

@@ -8,7 +8,7 @@ NumPy, unchanged.
 from smoothguard.noise import make_rng, noisy_copies
 from smoothguard.preprocess import ImagePreprocessor
 from smoothguard.settings import DefenseSettings
-from smoothguard.validation import decode_prompt, image_from_inputs
+from smoothguard.validation import image_from_inputs
 from smoothguard.xp import get_xp
 from smoothguard_triton.dlpack import output_tensor
 from smoothguard_triton.glue import (
@@ -17,9 +17,10 @@ from smoothguard_triton.glue import (
     model_parameters,
     optional_input,
     request_options,
-    required_input,
+    request_prompt,
     respond_each,
 )
+from smoothguard_triton.metrics import EnsembleTickets
 
 
 class TritonPythonModel:
@@ -29,22 +30,26 @@ class TritonPythonModel:
         self.settings = DefenseSettings.from_parameters(params)
         self.preprocess = _load_preprocessor(params)
         self.xp = get_xp(params.get("device", "auto"))
+        # OPTIONS leave this step with a ticket that marks them as the ensemble's own.
+        self.tickets = EnsembleTickets()
 
     def execute(self, requests):
         return respond_each(requests, self._handle)
 
     def _handle(self, request):
         s = self.settings
+        # PROMPT is optional in the configs only so that a request without one reaches this
+        # line and is refused by name (the ensemble would otherwise wait for it forever).
+        request_prompt(request, s)
+        options = request_options(request, s)
         image = image_from_inputs(
             optional_input(request, "IMAGE"),
             optional_input(request, "IMAGE_BYTES"),
             max_pixels=s.max_image_pixels,
             max_bytes=s.max_image_bytes,
+            min_side=s.min_image_side,
+            max_aspect=s.max_image_aspect,
         )
-        decode_prompt(
-            required_input(request, "PROMPT").reshape(-1)[0], max_chars=s.max_prompt_chars
-        )
-        options = request_options(request, s)
         pixel_values = self.xp.asarray(self.preprocess([image])[0])
         copies = noisy_copies(
             pixel_values,
@@ -58,7 +63,7 @@ class TritonPythonModel:
         )
         return [
             output_tensor("PIXEL_VALUES", copies),
-            bytes_tensor("OPTIONS", [options.to_json()]),
+            bytes_tensor("OPTIONS", [self.tickets.issue(options)]),
         ]
 
 

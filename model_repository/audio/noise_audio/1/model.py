@@ -5,7 +5,6 @@ default (defense.audio_noise_unit; see smoothguard.audio)."""
 from smoothguard.audio import AudioPreprocessor, audio_from_inputs, noisy_copies
 from smoothguard.noise import make_rng
 from smoothguard.settings import DefenseSettings
-from smoothguard.validation import decode_prompt
 from smoothguard.xp import get_xp
 from smoothguard_triton.dlpack import output_tensor
 from smoothguard_triton.glue import (
@@ -14,9 +13,10 @@ from smoothguard_triton.glue import (
     model_parameters,
     optional_input,
     request_options,
-    required_input,
+    request_prompt,
     respond_each,
 )
+from smoothguard_triton.metrics import EnsembleTickets
 
 
 class TritonPythonModel:
@@ -29,12 +29,15 @@ class TritonPythonModel:
             params["audio_mllm_path"], max_seconds=self.settings.max_audio_seconds
         )
         self.xp = get_xp(params.get("device", "auto"))
+        self.tickets = EnsembleTickets()  # see noise/1/model.py
 
     def execute(self, requests):
         return respond_each(requests, self._handle)
 
     def _handle(self, request):
         s = self.settings
+        request_prompt(request, s)  # first: a missing PROMPT is refused by name
+        options = request_options(request, s)
         waveform, rate = audio_from_inputs(
             optional_input(request, "AUDIO"),
             optional_input(request, "AUDIO_BYTES"),
@@ -42,10 +45,6 @@ class TritonPythonModel:
             max_bytes=s.max_audio_bytes,
         )
         clip = self.fit(waveform, rate)
-        decode_prompt(
-            required_input(request, "PROMPT").reshape(-1)[0], max_chars=s.max_prompt_chars
-        )
-        options = request_options(request, s)
         copies = noisy_copies(
             self.xp.asarray(clip),
             num_samples=options.num_samples,
@@ -54,4 +53,7 @@ class TritonPythonModel:
             clip=s.clip,
             rng=make_rng(self.xp, options.seed),
         )
-        return [output_tensor("AUDIO_VALUES", copies), bytes_tensor("OPTIONS", [options.to_json()])]
+        return [
+            output_tensor("AUDIO_VALUES", copies),
+            bytes_tensor("OPTIONS", [self.tickets.issue(options)]),
+        ]
