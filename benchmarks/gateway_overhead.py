@@ -15,6 +15,7 @@ import platform
 import re
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -91,8 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.calls < 1:
         parser.error("--calls must be at least 1")
     args.out.mkdir(parents=True, exist_ok=True)
-    repo = render("cpu", args.out / "repo", ["overlays=[]"])
-    with TritonServer(repo, ports=ServerPorts.free(), work_dir=args.out / "server") as server:
+    work = Path(tempfile.mkdtemp(prefix="gateway-overhead-"))
+    repo = render("cpu", work / "repo", ["overlays=[]"])
+    with TritonServer(repo, ports=ServerPorts.free(), work_dir=work / "server") as server:
         found = re.search(r"-> tritonserver 127\.0\.0\.1:(\d+)", server.log_tail(1000))
         if found is None:
             raise SystemExit("the supervisor's log does not name tritonserver's gRPC port")

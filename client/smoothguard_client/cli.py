@@ -183,7 +183,7 @@ def render_answer(answer: DefendedAnswer, console: Console, *, candidates: bool 
         table.add_row("reason", Text(answer.reason))
     majority, minority = answer.cluster_sizes
     table.add_row("agreement", f"{answer.agreement:.0%}")
-    table.add_row("cluster sizes", f"{majority} / {minority}  (majority / minority)")
+    table.add_row("cluster sizes", f"{majority} / {minority}  (majority / the rest)")
     table.add_row("chosen index", str(answer.chosen_index))
     table.add_row(
         "original outvoted", _yes_no(answer.original_outvoted, alarm="likely adversarial input")

@@ -83,7 +83,7 @@ class DefendedAnswer:
     decision: str  # answered | monitored | abstained | refused
     reason: str
     chosen_index: int
-    cluster_sizes: tuple[int, int]  # majority first
+    cluster_sizes: tuple[int, int]  # majority, then the rest: they sum to num_samples_used
     agreement: float  # majority share of the samples
     original_outvoted: bool  # the unperturbed answer lost the vote: a likely attack
     tie: bool

@@ -112,7 +112,8 @@ def read_wav(
             rate, frames = reader.getframerate(), reader.getnframes()
             raw = reader.readframes(frames)
     except (wave.Error, EOFError) as exc:
-        raise InvalidRequest(f"AUDIO_BYTES could not be decoded as PCM WAV: {exc}") from exc
+        reason = str(exc) or "the data ends inside the WAV header"
+        raise InvalidRequest(f"AUDIO_BYTES could not be decoded as PCM WAV: {reason}") from exc
     except Exception as exc:  # hostile headers reach `wave`/`struct`: the caller's bad input
         raise InvalidRequest(
             f"AUDIO_BYTES could not be decoded as PCM WAV: {type(exc).__name__}: {exc}"

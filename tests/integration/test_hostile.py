@@ -255,6 +255,12 @@ def cases(h: Hostile) -> dict[str, Case]:
             ),
             bad,
         ),
+        "generate rows beyond num_samples": (
+            lambda: h.infer(
+                "generate", [_fp32("PIXEL_VALUES", (65, 3, 32, 32)), prompt(), _options()]
+            ),
+            bad,
+        ),
         "aggregate mismatched": (
             lambda: h.infer(
                 "aggregate",
@@ -334,8 +340,9 @@ def test_a_hostile_client_brings_nothing_down(hostile_server: TritonServer) -> N
 
     stop.clear()
     sent[0] = 0
-    load = threading.Thread(target=valid_load, args=(h, stop, failures, sent))
-    load.start()
+    loads = [threading.Thread(target=valid_load, args=(h, stop, failures, sent)) for _ in "ab"]
+    for load in loads:
+        load.start()
     outcomes: dict[str, Outcome] = {}
     try:
         for _ in range(3):  # each case more than once: a stub that died would show
@@ -347,7 +354,8 @@ def test_a_hostile_client_brings_nothing_down(hostile_server: TritonServer) -> N
                 assert "deadlock" not in outcome.message, f"{name}: {outcome}"
     finally:
         stop.set()
-        load.join(TIMEOUT_S)
+        for load in loads:
+            load.join(TIMEOUT_S)
     assert sent[0] > 0 and not failures, failures
     for name, outcome in outcomes.items():
         print(f"{name}: {outcome}")  # the record, with -s
