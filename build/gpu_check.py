@@ -1,10 +1,10 @@
-"""On a machine with a GPU: the CuPy steps against their NumPy twins, the cpu profile's default
-model (models/synthvlm) on CUDA against the CPU, then that model through the real tritonserver
-with the defense on the GPU.
+"""On a machine with a GPU: the CuPy steps against their NumPy twins, and the cpu profile's
+default models (models/synthvlm, models/synthalm) on CUDA against the CPU, in this process.
 
-    python build/gpu_check.py [--skip-server]
+    python build/gpu_check.py
 
-Prints timings; exits 2 at once, saying why, where there is no usable GPU.
+Prints timings; exits 2 at once, saying why, where there is no usable GPU. The same models
+behind a real tritonserver are build/gpu_smoke.py's (it brings its own server in a bundle).
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "python_backends"))
-sys.path.insert(0, str(REPO_ROOT / "build"))
 
 from smoothguard.aggregate import GPU_MIN_POINTS, select  # noqa: E402
 from smoothguard.kmeans import kmeans2  # noqa: E402
@@ -152,44 +151,9 @@ def _compare(name: str, models: list[Any], copies: list[Any], prompts: list[str]
     return failures
 
 
-def check_server() -> list[str]:
-    """The cpu profile with device=gpu: noise and aggregate on CuPy in the real server."""
-    import tritonclient.grpc as grpcclient
-
-    from render import render
-    from smoothguard.server import ServerPorts, TritonServer
-
-    work = REPO_ROOT / "var" / "gpu_check"
-    repo = render("cpu", work / "repo", ["device=gpu"])
-    server = TritonServer(repo, ports=ServerPorts(18000, 18001, 18002), work_dir=work / "server")
-    start = time.perf_counter()
-    server.start(timeout_s=600)
-    print(f"tritonserver ready in {time.perf_counter() - start:.1f} s")
-    try:
-        client = grpcclient.InferenceServerClient("127.0.0.1:18001")
-        image = np.random.default_rng(0).integers(0, 256, size=(224, 224, 3), dtype=np.uint8)
-        inputs = [
-            grpcclient.InferInput("IMAGE", list(image.shape), "UINT8"),
-            grpcclient.InferInput("PROMPT", [1], "BYTES"),
-        ]
-        inputs[0].set_data_from_numpy(image)
-        inputs[1].set_data_from_numpy(np.array([b"Is there a cat in the image?"], np.object_))
-        times = []
-        for _ in range(5):
-            t0 = time.perf_counter()
-            result = client.infer("smoothguard", inputs)
-            times.append((time.perf_counter() - t0) * 1e3)
-        text = result.as_numpy("TEXT")[0].decode()
-        print(f"smoothguard N=10 end to end: median {np.median(times):.0f} ms; answer {text!r}")
-    finally:
-        server.stop()
-    return []
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--skip-server", action="store_true")
-    args = parser.parse_args(argv)
+    parser.parse_args(argv)
     if not gpu_available():
         print(
             "gpu_check: error: no usable GPU (CuPy missing or no CUDA device visible); "
@@ -199,8 +163,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     failures = check_arrays()
     failures += check_models()
-    if not args.skip_server:
-        failures += check_server()
     for failure in failures:
         print(f"gpu_check: FAIL {failure}", file=sys.stderr)
     print("gpu_check: ok" if not failures else f"gpu_check: {len(failures)} failure(s)")

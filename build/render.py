@@ -32,7 +32,10 @@ from smoothguard.settings import DefenseSettings  # noqa: E402
 
 PROFILES = REPO_ROOT / "build" / "profiles.yaml"
 TEMPLATES = REPO_ROOT / "model_repository"
-MLLM_RUNTIMES: tuple[str, ...] = ("trt_engine", "llm_api")
+MLLM_RUNTIMES: tuple[str, ...] = ("trt_engine", "llm_api", "hf")
+# Runtimes whose `mllm` is a thin adapter in front of TensorRT-LLM (one instance per sequence).
+TRTLLM_RUNTIMES: tuple[str, ...] = ("trt_engine", "llm_api")
+DEVICE_KINDS = {"gpu": "KIND_GPU", "cpu": "KIND_CPU"}
 
 
 class RenderError(RuntimeError):
@@ -113,7 +116,7 @@ def _gpu_values(profile: dict[str, Any], defense: DefenseSettings) -> dict[str, 
             f"mllm.family {mllm['family']!r} has no TensorRT engine path here; use "
             "mllm.runtime=llm_api (the PyTorch backend), as for qwen2_5_vl"
         )
-    if steps.get("generate_fanout", "requests") != "requests":
+    if runtime in TRTLLM_RUNTIMES and steps.get("generate_fanout", "requests") != "requests":
         raise RenderError(
             "steps.generate_fanout must be 'requests' on GPU: TensorRT-LLM takes one prompt "
             "table per request, so the N noisy copies must be N requests"
@@ -131,6 +134,13 @@ def _gpu_values(profile: dict[str, Any], defense: DefenseSettings) -> dict[str, 
             f"{mllm['expected_concurrency']}: each generate instance keeps one defended request "
             "in flight, so the engine would never see the concurrency it was sized for"
         )
+    if runtime in TRTLLM_RUNTIMES and int(mllm["instances"]) < batch:
+        raise RenderError(
+            f"mllm.instances {mllm['instances']} < mllm.max_batch_size {batch}: the mllm adapter "
+            "is not decoupled, so an instance is held until its request's sequence finishes; "
+            "with fewer instances than engine slots, requests wait instead of joining the "
+            "in-flight batch"
+        )
     if batch < defense.num_samples_max:
         raise RenderError("mllm.max_batch_size must be >= defense.num_samples_max")
     if int(mllm["max_output_len"]) < defense.max_new_tokens_limit:
@@ -142,7 +152,31 @@ def _gpu_values(profile: dict[str, Any], defense: DefenseSettings) -> dict[str, 
         "mllm_max_seq_len": max_input_len + int(mllm["max_output_len"]),
         "mllm_image_size": mllm.get("image_size", 0),
         "engines_dir": profile["engines_dir"],
+        "defense_instance_kind": _instance_kind(profile, "device"),
+        "model_instance_kind": _instance_kind(profile, "model_device"),
     }
+
+
+def _instance_kind(profile: dict[str, Any], key: str) -> str:
+    """KIND_GPU or KIND_CPU for a device setting, so one template serves either placement."""
+    device = profile.get(key, "gpu")
+    if device not in DEVICE_KINDS:
+        raise RenderError(f"{key} must be one of {sorted(DEVICE_KINDS)}, got {device!r}")
+    return DEVICE_KINDS[device]
+
+
+def check_backends(configs: dict[str, Any], backends: list[str]) -> list[str]:
+    """Models whose backend (or platform) the pinned container does not ship: they would
+    fail at load time on the GPU host, so they fail the render here instead."""
+    problems = []
+    for name, config in sorted(configs.items()):
+        needed = config.backend or config.platform
+        if needed not in backends:
+            problems.append(
+                f"model {name!r} needs {needed!r}, which the pinned container does not ship "
+                f"(gpu.container.backends: {', '.join(backends)})"
+            )
+    return problems
 
 
 def substitutions(profile: dict[str, Any]) -> dict[str, str]:
@@ -262,9 +296,10 @@ def render(profile_name: str, out: Path, overrides: list[str] | None = None) -> 
     if staging.exists():
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
+    parsed = {}
     for name, (template, code) in sorted(model_sources(profile, values).items()):
         rendered = render_template(template.read_text(), values, template)
-        parse_model_config(rendered, template)
+        parsed[name] = parse_model_config(rendered, template)
         target = staging / name
         target.mkdir()
         (target / "config.pbtxt").write_text(localise_paths(rendered, target))
@@ -278,6 +313,11 @@ def render(profile_name: str, out: Path, overrides: list[str] | None = None) -> 
     problems = check_repository(staging)
     if problems:
         raise RenderError("ensemble does not chain:\n  " + "\n  ".join(problems))
+    missing = (
+        check_backends(parsed, profile["container"]["backends"]) if "container" in profile else []
+    )
+    if missing:
+        raise RenderError("backend missing from the container:\n  " + "\n  ".join(missing))
     if out.exists():
         shutil.rmtree(out)
     staging.rename(out)

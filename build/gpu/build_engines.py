@@ -1,14 +1,15 @@
-"""Build everything the gpu profile serves, from local Hugging Face checkpoints (no downloads).
+"""Build the TensorRT-LLM engines the gpu profile serves, from local Hugging Face checkpoints.
 
-    python build/gpu/build_engines.py --profile gpu [--out /models/engines] [--dry-run]
+    python3 build/gpu/build_engines.py --profile gpu [--out /models/engines] [--dry-run]
 
 mllm.runtime trt_engine (LLaVA-1.5): convert_checkpoint -> trtllm-build (in-flight batching,
-paged KV cache, max_multimodal_len = max_batch_size x 576) -> the vision engine. mllm.runtime
-llm_api (Qwen2.5-VL): nothing to build; the LLM API loads the checkpoint at start-up. Both:
-the sentence encoder to ONNX (on CPU) and to a TensorRT plan (trtexec). Run inside the pinned
-container (profiles.yaml gpu.container.image), on the GPU type that will serve: engines only
-load in the TensorRT-LLM version and on the GPU architecture that built them. --dry-run
-prints the commands and checks nothing on disk.
+paged KV cache, max_multimodal_len = max_batch_size x 576) -> the vision engine. llm_api and
+hf: nothing to build (the LLM API and transformers load the checkpoint at start-up). The
+embedder needs no build: it runs in torch. Run inside the pinned container (profiles.yaml
+gpu.container), on the GPU type that will serve: engines only load in the TensorRT-LLM
+version and on the GPU architecture that built them. Where the image keeps TensorRT-LLM's
+examples and which tools are on PATH come from gpu.container too; --dry-run prints the
+commands and checks nothing on disk.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -26,23 +28,23 @@ sys.path.insert(0, str(BUILD))
 
 from render import RenderError, load_profile  # noqa: E402
 
-# Where the NGC tritonserver:*-trtllm-python-py3 images keep TensorRT-LLM's example scripts.
-DEFAULT_TRTLLM_EXAMPLES = "/app/tensorrt_llm/examples"
 MAX_NUM_TOKENS = 16384  # tokens per engine step: bounds activation memory, not batch size
+# The example scripts used, relative to gpu.container.trtllm_examples (TensorRT-LLM >= 0.19).
+CONVERT_LLAMA = "models/core/llama/convert_checkpoint.py"
+BUILD_VISION = "models/core/multimodal/build_multimodal_engine.py"
 
 
-def llava_commands(
-    profile: dict[str, Any], out: Path, work: Path, examples: str
-) -> list[list[str]]:
+def llava_commands(profile: dict[str, Any], out: Path, work: Path) -> list[list[str]]:
     """convert_checkpoint, trtllm-build and the vision engine for LLaVA-1.5."""
-    mllm = profile["mllm"]
+    mllm, examples = profile["mllm"], profile["container"]["trtllm_examples"]
     batch, visual = int(mllm["max_batch_size"]), int(mllm["num_visual_features"])
+    # The adapter's ids fit this exactly, BOS included (smoothguard.trtllm.PromptTableLayout).
     max_input = int(mllm["max_text_len"]) + visual
     dtype = str(mllm["dtype"])
     checkpoint = work / "llava" / "checkpoint"
     return [
         [
-            "python3", f"{examples}/models/core/llama/convert_checkpoint.py",
+            "python3", f"{examples}/{CONVERT_LLAMA}",
             "--model_dir", str(mllm["model_path"]),
             "--output_dir", str(checkpoint),
             "--dtype", dtype,
@@ -65,7 +67,7 @@ def llava_commands(
             "--max_multimodal_len", str(batch * visual),
         ],
         [
-            "python3", f"{examples}/models/core/multimodal/build_multimodal_engine.py",
+            "python3", f"{examples}/{BUILD_VISION}",
             "--model_type", "llava",
             "--model_path", str(mllm["model_path"]),
             "--output_dir", str(out / "llava" / "vision"),
@@ -74,45 +76,26 @@ def llava_commands(
     ]  # fmt: skip
 
 
-def embedder_commands(profile: dict[str, Any], out: Path) -> list[list[str]]:
-    """ONNX export (CPU is enough) and the TensorRT plan for the sentence encoder."""
-    emb = profile["embedder"]
-    batch, length = int(emb["max_batch_size"]), int(emb["max_length"])
-    onnx = out / "embedder" / "model.onnx"
-
-    def shapes(b: int) -> str:
-        return f"input_ids:{b}x{length},attention_mask:{b}x{length}"
-
-    return [
-        [
-            "python3", str(BUILD / "gpu" / "export_embedder.py"),
-            "--model-path", str(emb["model_path"]),
-            "--out", str(onnx),
-            "--max-length", str(length),
-        ],
-        [
-            "trtexec",
-            f"--onnx={onnx}",
-            f"--saveEngine={out / 'embedder' / 'model.plan'}",
-            "--fp16",
-            f"--minShapes={shapes(1)}",
-            f"--optShapes={shapes(max(1, batch // 2))}",
-            f"--maxShapes={shapes(batch)}",
-        ],
-    ]  # fmt: skip
-
-
-def build_commands(
-    profile: dict[str, Any], out: Path, work: Path, examples: str = DEFAULT_TRTLLM_EXAMPLES
-) -> list[list[str]]:
+def build_commands(profile: dict[str, Any], out: Path, work: Path) -> list[list[str]]:
     runtime = profile["mllm"].get("runtime")
     if runtime is None:
         raise RenderError("this profile has no mllm.runtime: nothing to build for a GPU")
-    commands = llava_commands(profile, out, work, examples) if runtime == "trt_engine" else []
-    return commands + embedder_commands(profile, out)
+    return llava_commands(profile, out, work) if runtime == "trt_engine" else []
 
 
-def _check_inputs(profile: dict[str, Any]) -> None:
+def check_image(profile: dict[str, Any], commands: list[list[str]]) -> None:
+    """Fail before the first step, naming what the image lacks, instead of halfway through."""
+    container = profile["container"]
+    examples = Path(container["trtllm_examples"])
+    for script in (CONVERT_LLAMA, BUILD_VISION):
+        if commands and not (examples / script).is_file():
+            raise RenderError(
+                f"{examples / script} is missing: gpu.container.trtllm_examples must point at "
+                f"TensorRT-LLM {container['tensorrt_llm']}'s examples in {container['image']}"
+            )
+    for tool in sorted({c[0] for c in commands}):
+        if shutil.which(tool) is None:
+            raise RenderError(f"{tool} is not on PATH in this image")
     for section in ("mllm", "embedder"):
         spec = str(profile[section]["model_path"])
         if not spec.startswith("package:") and not (Path(spec) / "config.json").exists():
@@ -124,16 +107,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default="gpu")
     parser.add_argument("--out", type=Path, default=None, help="default: profile engines_dir")
     parser.add_argument("--work", type=Path, default=Path("/tmp/smoothguard-build"))
-    parser.add_argument("--trtllm-examples", default=DEFAULT_TRTLLM_EXAMPLES)
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--dry-run", action="store_true", help="print the commands only")
     args = parser.parse_args(argv)
     try:
         profile = load_profile(args.profile, args.overrides)
         out = args.out or Path(profile["engines_dir"])
-        commands = build_commands(profile, out, args.work, args.trtllm_examples)
+        commands = build_commands(profile, out, args.work)
         if not args.dry_run:
-            _check_inputs(profile)
+            check_image(profile, commands)
     except RenderError as exc:
         print(f"build_engines: error: {exc}", file=sys.stderr)
         return 2
@@ -142,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.dry_run:
             subprocess.run(command, check=True)
     if not args.dry_run:
+        out.mkdir(parents=True, exist_ok=True)
         info = {"profile": args.profile, "container": profile["container"], "commands": commands}
         (out / "BUILD_INFO.json").write_text(json.dumps(info, indent=2))
     return 0

@@ -23,16 +23,20 @@ class PromptTableLayout:
 
     Ids ``vocab_size .. vocab_size + num_visual_features - 1`` stand for the rows of the
     request's prompt embedding table (the vision engine's output); they sit where the
-    ``<image>`` token would be.
+    ``<image>`` token would be. ``max_text_len`` bounds every id that is not an image row,
+    the BOS token included: the engine was built with max_input_len = max_text_len +
+    num_visual_features, and one id more fails the request.
     """
 
     vocab_size: int
     num_visual_features: int
     max_text_len: int
+    bos_id: int | None = None
 
     def input_ids(self, encode: Callable[[str], Sequence[int]], prompt: str) -> np.ndarray:
         """int32 ids: BOS + pre-prompt, the image rows, then the question (truncated)."""
-        pre = list(encode(LLAVA_PRE_PROMPT))
+        bos = [] if self.bos_id is None else [self.bos_id]
+        pre = bos + list(encode(LLAVA_PRE_PROMPT))
         post = list(encode(LLAVA_POST_PROMPT.format(prompt=prompt)))
         budget = self.max_text_len - len(pre)
         if budget <= 0:
@@ -42,6 +46,11 @@ class PromptTableLayout:
             post = post[-budget:]
         image = np.arange(self.vocab_size, self.vocab_size + self.num_visual_features)
         return np.concatenate([pre, image, post]).astype(np.int32)
+
+    @property
+    def max_input_len(self) -> int:
+        """The engine's max_input_len this layout fills at most (trtllm-build's flag)."""
+        return self.max_text_len + self.num_visual_features
 
 
 def denormalize_to_uint8(pixel_values: np.ndarray, mean: Sequence[float], std: Sequence[float]):

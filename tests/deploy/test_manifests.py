@@ -419,10 +419,18 @@ def mounts_and_volumes(objs: list[Obj]) -> tuple[dict[str, str], dict[str, Obj]]
     return {m["mountPath"]: m["name"] for m in container["volumeMounts"]}, volumes
 
 
+def gpu_profile() -> Obj:
+    return yaml.safe_load((REPO_ROOT / "build" / "profiles.yaml").read_text())["gpu"]
+
+
+def engine_job(objs: list[Obj]) -> Obj:
+    return one(objs, "Job")["spec"]["template"]["spec"]
+
+
 def test_gpu_overlay() -> None:
     objs = render("gpu")
     container = triton_container(objs)
-    assert container["image"] == "nvcr.io/nvidia/tritonserver:25.08-trtllm-python-py3"
+    assert container["image"] == gpu_profile()["container"]["image"]
     assert container["command"][:6] == [
         "python3",
         "-m",
@@ -432,9 +440,6 @@ def test_gpu_overlay() -> None:
         "tritonserver",
     ]
     assert "/models/pydeps" in {e["name"]: e for e in container["env"]}["PYTHONPATH"]["value"]
-    assert (
-        "psutil==" in one(objs, "Job")["spec"]["template"]["spec"]["containers"][0]["command"][-1]
-    )
     assert flag_values(triton_flags(objs), "model-repository") == ["/models/repo"]
     for section in ("requests", "limits"):
         assert container["resources"][section]["nvidia.com/gpu"] == 1
@@ -449,12 +454,68 @@ def test_gpu_overlay() -> None:
     models = volumes[mounts["/models"]]["persistentVolumeClaim"]
     assert models["readOnly"] is True
     pvc = one(objs, "PersistentVolumeClaim", models["claimName"])
-    job = one(objs, "Job")["spec"]["template"]["spec"]
+    job = engine_job(objs)
     assert job["restartPolicy"] == "Never"
     assert job["volumes"][0]["persistentVolumeClaim"]["claimName"] == pvc["metadata"]["name"]
     assert job["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert "/models/READY" in job["containers"][0]["command"][-1]
     assert any("/models/READY" in c["command"][-1] for c in pod["initContainers"])
+
+
+def test_gpu_job_installs_pydeps_without_shadowing_the_image() -> None:
+    """A bare `pip install --target` put numpy 2.x ahead of the image's numpy<2."""
+    script = engine_job(render("gpu"))["containers"][0]["command"][-1]
+    assert "python3 build/gpu/install_pydeps.py --target /models/pydeps" in script
+    assert "pip install" not in script
+
+
+def test_gpu_job_calls_python3() -> None:
+    """The NGC image has python3, not python."""
+    script = engine_job(render("gpu"))["containers"][0]["command"][-1]
+    calls = [line.split()[0] for line in script.splitlines() if line.strip().startswith("python")]
+    assert calls and set(calls) == {"python3"}
+
+
+def test_gpu_job_works_outside_the_images_app_folder() -> None:
+    """/app holds the image's TensorRT-LLM examples and scripts: the builder works elsewhere."""
+    workdir = engine_job(render("gpu"))["containers"][0]["workingDir"]
+    examples = gpu_profile()["container"]["trtllm_examples"]
+    assert not examples.startswith(workdir.rstrip("/") + "/") and workdir != "/app"
+
+
+def test_gpu_hf_checkpoints_reach_the_job_and_the_servers() -> None:
+    """The engine Job reads the checkpoints from /models/hf, and the servers' adapters read
+    their tokenizers (and the embedder its weights) there too: a volume both mount, filled as
+    docs/kubernetes.md says."""
+    objs = render("gpu")
+    profile = gpu_profile()
+    paths = [profile["mllm"]["model_path"], profile["embedder"]["model_path"]]
+    assert all(p.startswith("/models/hf/") for p in paths)
+    for spec in (engine_job(objs), server_pod(objs)["spec"]):
+        container = next(c for c in spec["containers"] if c["name"] in ("build", "tritonserver"))
+        mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        claim = volumes[mounts["/models/hf"]["name"]]["persistentVolumeClaim"]["claimName"]
+        assert mounts["/models/hf"]["readOnly"] is True
+        one(objs, "PersistentVolumeClaim", claim)
+    doc = (REPO_ROOT / "docs" / "kubernetes.md").read_text()
+    section = doc.split("### Model checkpoints", 1)[1].split("\n## ", 1)[0]
+    assert claim in section and "/models/hf" in section
+
+
+def test_gpu_memory_pools_follow_the_profile() -> None:
+    """The prompt tables of the MLLM requests in flight live in the CUDA pool: the overlay
+    sets the size compose sets, from gpu.server."""
+    server = gpu_profile()["server"]
+    flags = triton_flags(render("gpu"))
+    cuda = f"0:{server['cuda_memory_pool_byte_size']}"
+    assert flag_values(flags, "cuda-memory-pool-byte-size") == [cuda]
+    pinned = str(server["pinned_memory_pool_byte_size"])
+    assert flag_values(flags, "pinned-memory-pool-byte-size") == [pinned]
+    compose = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())
+    command = compose["services"]["tritonserver"]["command"]
+    assert f"--cuda-memory-pool-byte-size={cuda}" in command
+    assert f"--pinned-memory-pool-byte-size={pinned}" in command
 
 
 def test_cpu_overlay() -> None:

@@ -1,10 +1,7 @@
-"""Triton adapter: a VLM through TensorRT-LLM's LLM API (PyTorch backend), behind the cpu
-profile's mllm interface. The only TensorRT-LLM path for Qwen2.5-VL.
-
-Every image of every request goes to the LLM at once (generate_async); the LLM's executor
-batches them in flight. The noisy normalised image is turned back into 8-bit pixels, which
-the runtime's own processor then patches (Qwen2.5-VL has no fixed-resolution input).
-"""
+"""Triton adapter: a VLM through TensorRT-LLM's LLM API, behind the cpu profile's mllm
+interface. The noisy normalised image is turned back into 8-bit pixels (Qwen2.5-VL's own
+processor patches it; it has no fixed resolution) and sent, one request per image, to the
+decoupled mllm_llm, which holds the LLM and batches everything in flight."""
 
 import asyncio
 
@@ -13,45 +10,18 @@ import triton_python_backend_utils as pb_utils
 
 from smoothguard.settings import DefenseSettings, InvalidRequest
 from smoothguard.trtllm import FixedResolutionPreprocessor, denormalize_to_uint8
-from smoothguard.validation import decode_prompt
 from smoothguard_triton.glue import bytes_tensor, error_response, limit_threads, model_parameters
-
-
-def _llm_class():
-    """The PyTorch-backend LLM: tensorrt_llm._torch.LLM up to 0.21; from 1.0 the default."""
-    try:
-        from tensorrt_llm._torch import LLM  # TensorRT-LLM <= 0.21
-    except ImportError:
-        from tensorrt_llm import LLM
-    return LLM
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        from PIL import Image
-        from tensorrt_llm import SamplingParams
-        from transformers import AutoProcessor
-
         params = model_parameters(args)
         limit_threads(params)
         self.settings = DefenseSettings.from_parameters(params)
-        path = params["model_path"]
-        self.preprocess = FixedResolutionPreprocessor.load(path, int(params["image_size"]))
-        self.processor = AutoProcessor.from_pretrained(path)
-        self.llm = _llm_class()(
-            model=path,
-            max_batch_size=int(params["max_batch_size"]),
-            max_seq_len=int(params["max_seq_len"]),
-            kv_cache_config={
-                "free_gpu_memory_fraction": float(params["kv_cache_free_gpu_mem_fraction"]),
-                # Copies share the text prefix but not the image: no block reuse.
-                "enable_block_reuse": False,
-            },
+        self.preprocess = FixedResolutionPreprocessor.load(
+            params["model_path"], int(params["image_size"])
         )
-        self._sampling, self._image = SamplingParams, Image
-
-    def finalize(self):
-        self.llm.shutdown()
+        self.llm_model = params["llm_model"]
 
     async def execute(self, requests):
         return list(await asyncio.gather(*(self._one(r) for r in requests)))
@@ -86,23 +56,22 @@ class TritonPythonModel:
                 raise InvalidRequest("send IMAGE or PIXEL_VALUES")
             pixels = self.preprocess(list(image.as_numpy()))
         p = self.preprocess
-        return [
-            self._image.fromarray(denormalize_to_uint8(np.asarray(x), p.mean, p.std))
-            for x in pixels
-        ]
+        return [denormalize_to_uint8(np.asarray(x), p.mean, p.std) for x in pixels]
 
-    async def _generate(self, image, raw_prompt, max_new_tokens):
-        prompt = decode_prompt(raw_prompt, max_chars=self.settings.max_prompt_chars)
-        messages = [
-            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}
-        ]
-        text = self.processor.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=True
-        )
-        output = self.llm.generate_async(
-            {"prompt": text, "multi_modal_data": {"image": [image]}},
-            # Greedy: the noise, not sampling, is what makes the N answers differ.
-            sampling_params=self._sampling(max_tokens=max_new_tokens, temperature=0.0),
-        )
-        result = await output.aresult()
-        return result.outputs[0].text.strip()
+    async def _generate(self, image, prompt, max_new_tokens):
+        responses = await pb_utils.InferenceRequest(
+            model_name=self.llm_model,
+            requested_output_names=["TEXT"],
+            inputs=[
+                pb_utils.Tensor("IMAGE", np.ascontiguousarray(image)),
+                pb_utils.Tensor("PROMPT", np.array([prompt], dtype=np.object_)),
+                pb_utils.Tensor("MAX_NEW_TOKENS", np.array([max_new_tokens], dtype=np.int32)),
+            ],
+        ).async_exec(decoupled=True)
+        for response in responses:  # one answer, then the final (empty) flag
+            if response.has_error():
+                raise RuntimeError(f"{self.llm_model}: {response.error().message()}")
+            text = pb_utils.get_output_tensor_by_name(response, "TEXT")
+            if text is not None:
+                return text.as_numpy().reshape(-1)[0].decode("utf-8", errors="replace")
+        raise RuntimeError(f"{self.llm_model} gave no answer")

@@ -1,10 +1,10 @@
 """Triton adapter: LLaVA-1.5 on TensorRT-LLM engines behind the cpu profile's mllm interface.
 
-Per request: the images go through the vision engine in one BLS call (prompt tables stay on
-the GPU), then every image becomes its own request to the LLM engine with its own prompt
-table; all are in flight at once, so TensorRT-LLM's in-flight batcher runs them alongside
-everyone else's. Replaces TensorRT-LLM's deprecated multimodal ensemble (preprocessing ->
-multimodal_encoders -> tensorrt_llm -> postprocessing) with one small model of our own.
+Per image: one request to the vision model (its dynamic batcher batches images across
+adapters; the prompt table stays on the GPU), then one request to the LLM engine with that
+table, so TensorRT-LLM's in-flight batcher runs it alongside everyone else's. Replaces
+TensorRT-LLM's deprecated multimodal ensemble (preprocessing -> multimodal_encoders ->
+tensorrt_llm -> postprocessing) with one small model of our own.
 """
 
 import asyncio
@@ -18,8 +18,6 @@ from smoothguard.preprocess import ImagePreprocessor
 from smoothguard.settings import DefenseSettings, InvalidRequest
 from smoothguard.trtllm import PromptTableLayout
 from smoothguard.validation import decode_prompt
-from smoothguard.xp import get_xp
-from smoothguard_triton.dlpack import as_array, output_tensor
 from smoothguard_triton.glue import bytes_tensor, error_response, limit_threads, model_parameters
 
 
@@ -35,12 +33,13 @@ class TritonPythonModel:
         config = json.loads((path / "config.json").read_text())
         vocab = int(config.get("text_config", config).get("vocab_size", len(self.tokenizer)))
         self.visual = int(params["num_visual_features"])
-        self.layout = PromptTableLayout(vocab, self.visual, int(params["max_text_len"]))
+        self.layout = PromptTableLayout(
+            vocab, self.visual, int(params["max_text_len"]), bos_id=self.tokenizer.bos_token_id
+        )
         self.end_id = int(self.tokenizer.eos_token_id)
         pad = self.tokenizer.pad_token_id
         self.pad_id = self.end_id if pad is None else int(pad)
         self.preprocess = ImagePreprocessor.load(path)
-        self.xp = get_xp(params.get("device", "auto"))
         self.vision_model, self.llm_model = params["vision_model"], params["llm_model"]
 
     async def execute(self, requests):
@@ -50,16 +49,11 @@ class TritonPythonModel:
         try:
             pixels = self._pixels(request)
             prompts = pb_utils.get_input_tensor_by_name(request, "PROMPT").as_numpy().reshape(-1)
-            if len(prompts) != pixels.shape[0]:
-                raise InvalidRequest(f"{len(prompts)} prompts for {pixels.shape[0]} images")
+            if len(prompts) != len(pixels):
+                raise InvalidRequest(f"{len(prompts)} prompts for {len(pixels)} images")
             new_tokens = self._max_new_tokens(request, len(prompts))
-            tables = await self._vision(pixels)
-            texts = await asyncio.gather(
-                *(
-                    self._generate(tables[i : i + 1], prompts[i], new_tokens[i])
-                    for i in range(len(prompts))
-                )
-            )
+            calls = zip(pixels, prompts, new_tokens, strict=True)
+            texts = await asyncio.gather(*(self._answer(*call) for call in calls))
         except Exception as exc:  # noqa: BLE001 - this request alone fails
             return error_response(exc)
         return pb_utils.InferenceResponse([bytes_tensor("TEXT", texts, (len(texts), 1))])
@@ -67,11 +61,11 @@ class TritonPythonModel:
     def _pixels(self, request):
         tensor = pb_utils.get_input_tensor_by_name(request, "PIXEL_VALUES")
         if tensor is not None:
-            return as_array(tensor, self.xp)
+            return tensor.as_numpy()
         image = pb_utils.get_input_tensor_by_name(request, "IMAGE")
         if image is None:
             raise InvalidRequest("send IMAGE or PIXEL_VALUES")
-        return self.xp.asarray(self.preprocess(list(image.as_numpy())))
+        return self.preprocess(list(image.as_numpy()))
 
     def _max_new_tokens(self, request, rows):
         tensor = pb_utils.get_input_tensor_by_name(request, "MAX_NEW_TOKENS")
@@ -82,26 +76,25 @@ class TritonPythonModel:
             raise InvalidRequest("MAX_NEW_TOKENS outside [1, max_new_tokens_limit]")
         return values
 
-    async def _vision(self, pixels):
-        """[B, 3, H, W] -> prompt tables [B, 576, hidden] fp16, on the device."""
-        half = self.xp.ascontiguousarray(pixels.astype(self.xp.float16))
-        response = await pb_utils.InferenceRequest(
-            model_name=self.vision_model,
-            requested_output_names=["encoder_output"],
-            inputs=[output_tensor("input", half)],
-        ).async_exec()
-        if response.has_error():
-            raise RuntimeError(f"{self.vision_model}: {response.error().message()}")
-        return as_array(pb_utils.get_output_tensor_by_name(response, "encoder_output"), self.xp)
-
-    async def _generate(self, table, raw_prompt, max_new_tokens):
+    async def _answer(self, pixels, raw_prompt, max_new_tokens):
         prompt = decode_prompt(raw_prompt, max_chars=self.settings.max_prompt_chars)
         ids = self.layout.input_ids(
             lambda text: self.tokenizer.encode(text, add_special_tokens=False), prompt
         )
-        if self.tokenizer.bos_token_id is not None:
-            ids = np.concatenate([[self.tokenizer.bos_token_id], ids]).astype(np.int32)
+        table = await self._vision(pixels)
+        return await self._generate(table, ids, max_new_tokens)
 
+    async def _vision(self, pixels):
+        """One image [3, H, W] -> its prompt table [1, 576, hidden] fp16, left on the GPU."""
+        image = pb_utils.Tensor("input", np.ascontiguousarray(pixels[None], dtype=np.float32))
+        response = await pb_utils.InferenceRequest(
+            model_name=self.vision_model, requested_output_names=["encoder_output"], inputs=[image]
+        ).async_exec()
+        if response.has_error():
+            raise RuntimeError(f"{self.vision_model}: {response.error().message()}")
+        return pb_utils.get_output_tensor_by_name(response, "encoder_output")
+
+    async def _generate(self, table, ids, max_new_tokens):
         def scalar(name, value, dtype=np.int32):
             return pb_utils.Tensor(name, np.array([[value]], dtype=dtype))
 
@@ -116,7 +109,7 @@ class TritonPythonModel:
                 scalar("pad_id", self.pad_id),
                 # Greedy: the noise, not sampling, is what makes the N answers differ.
                 scalar("runtime_top_k", 1),
-                output_tensor("prompt_embedding_table", self.xp.ascontiguousarray(table)),
+                pb_utils.Tensor.from_dlpack("prompt_embedding_table", table.to_dlpack()),
                 scalar("prompt_vocab_size", self.visual),
             ],
         ).async_exec()
