@@ -56,7 +56,7 @@ CONTENTS_FIELD = {
 HOP_METADATA = {"user-agent", "content-type", "te", "host", "accept-encoding"}
 HOP_HEADERS = {
     "connection", "keep-alive", "transfer-encoding", "content-length", "host", "upgrade",
-    "proxy-authenticate", "proxy-authorization", "te", "trailer", "content-encoding",
+    "proxy-authenticate", "proxy-authorization", "te", "trailer",
 }  # fmt: skip
 UNLIMITED_MESSAGES = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
 FAST_RECONNECT = [
@@ -356,10 +356,13 @@ class Gateway:
         )
         # No keep-alive towards Triton: on SIGTERM it waits (up to half its exit timeout) for
         # every open HTTP connection to close, and an idle pooled one never would.
+        # Bodies pass through untouched: the caller's Accept-Encoding decides whether Triton
+        # compresses (aiohttp must not add its own), and its Content-Encoding comes back.
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(force_close=True),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
             auto_decompress=False,
+            skip_auto_headers=("Accept-Encoding",),
         )
         server = grpc.aio.server(options=UNLIMITED_MESSAGES)
         server.add_generic_rpc_handlers([_GrpcForwarder(self)])
@@ -431,7 +434,13 @@ class Gateway:
         if is_infer and not self._accepting:
             self._refuse("http", "unavailable")
             return web.json_response({"error": self._reason}, status=503)
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
+        # aiohttp has already decompressed a gzip/deflate request body (so the checks above saw
+        # what Triton would parse): forward it plain.
+        headers = {
+            k: v
+            for k, v in request.headers.items()
+            if k.lower() not in HOP_HEADERS and k.lower() != "content-encoding"
+        }
         url = self.config.upstream_http + path
         if request.rel_url.query_string:
             url += "?" + request.rel_url.query_string

@@ -223,8 +223,9 @@ class Supervisor:
         try:
             while not self._stopping.wait(0.5):
                 reap_orphans(keep=child.pid)
-                leftovers.note(child.pid)
-                if child.poll() is not None:
+                if child.poll() is None:  # a dead one's stubs are no longer its children
+                    leftovers.note(child.pid)
+                else:
                     log.error("tritonserver exited with %s", child.returncode)
                     self.gateway.refuse_new("tritonserver is restarting", restarting=True)
                     self.restarts["exited"] += 1
@@ -245,7 +246,9 @@ class Supervisor:
                     dog = None
                     self.gateway.admit()
                     return True, 0
-            return ready, self._terminate(child, drain=ready, dog=dog)
+            # Drain even if this loop has not seen it ready yet: the gateway forwards as soon as
+            # tritonserver answers, which can be half a poll before this loop notices.
+            return ready, self._terminate(child, drain=True, dog=dog)
         finally:
             if dog is not None:
                 dog.stop()

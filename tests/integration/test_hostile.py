@@ -10,6 +10,7 @@ is within 10% of its warm level.
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import re
@@ -239,6 +240,14 @@ def cases(h: Hostile) -> dict[str, Case]:
         ),
         # 3. a deeply nested JSON body (tritonserver itself used to segfault)
         "nested JSON": (lambda: h.http(infer_path, b"[" * 300_000 + b"]" * 300_000), {"400"}),
+        "nested JSON, gzip": (
+            lambda: h.http(
+                infer_path,
+                gzip.compress(b"[" * 300_000 + b"]" * 300_000),
+                {"Content-Encoding": "gzip"},
+            ),
+            {"400"},
+        ),
         # 4. internal steps called directly, with forged inputs
         "generate malformed OPTIONS": (
             lambda: h.infer("generate", [pixels, prompt(), _bytes("OPTIONS", b"{not json")]),

@@ -8,7 +8,13 @@ import triton_python_backend_utils as pb_utils
 
 from smoothguard.settings import DefenseSettings
 from smoothguard.validation import decode_prompt
-from smoothguard_triton.glue import bytes_tensor, error_response, model_parameters, required_input
+from smoothguard_triton.glue import (
+    bytes_tensor,
+    error_response,
+    limit_threads,
+    model_parameters,
+    required_input,
+)
 
 
 def _llm_class():
@@ -27,6 +33,7 @@ class TritonPythonModel:
         from transformers import AutoProcessor
 
         params = model_parameters(args)
+        limit_threads(params)
         self.settings = DefenseSettings.from_parameters(params)
         path = params["model_path"]
         self.processor = AutoProcessor.from_pretrained(path)

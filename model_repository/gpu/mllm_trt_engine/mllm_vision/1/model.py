@@ -12,7 +12,7 @@ import torch
 import triton_python_backend_utils as pb_utils
 from torch.utils.dlpack import from_dlpack, to_dlpack
 
-from smoothguard_triton.glue import error_response, model_parameters
+from smoothguard_triton.glue import error_response, limit_threads, model_parameters
 
 
 class TritonPythonModel:
@@ -21,6 +21,7 @@ class TritonPythonModel:
         from tensorrt_llm.runtime import Session, TensorInfo
 
         params = model_parameters(args)
+        limit_threads(params)
         engine_dir = Path(params["engine_dir"])
         config = json.loads((engine_dir / "config.json").read_text())
         self.dtype = str_dtype_to_torch(config["builder_config"]["precision"])
