@@ -66,14 +66,15 @@ def assert_serving(client: grpcclient.InferenceServerClient) -> None:
 def wait_serving(
     client: grpcclient.InferenceServerClient, after: str, timeout_s: float = 120
 ) -> None:
-    """Poll until smoothguard answers again (a model reload takes seconds to tens of seconds)."""
+    """Poll until smoothguard answers again (a model reload takes seconds to tens of seconds;
+    a restart reports not ready meanwhile)."""
     deadline = time.monotonic() + timeout_s
     last: Any = None
     while time.monotonic() < deadline:
         try:
             assert_serving(client)
             return
-        except InferenceServerException as exc:
+        except (InferenceServerException, AssertionError) as exc:
             last = exc
             time.sleep(1)
     pytest.fail(f"smoothguard did not recover after {after}: {last}")
