@@ -37,6 +37,7 @@ class SentenceEncoder:
         *,
         max_length: int = 128,
         cache_size: int = 4096,
+        device: str = "cpu",
     ) -> None:
         import torch
         from transformers import AutoModel, AutoTokenizer
@@ -45,7 +46,10 @@ class SentenceEncoder:
             raise ValueError(f"cache_size must be >= 0 (0 turns the cache off), not {cache_size}")
         path = resolve_model_path(str(model_path))
         self.tokenizer = AutoTokenizer.from_pretrained(str(path))
-        self.model = AutoModel.from_pretrained(str(path)).eval()
+        # "cuda" on the gpu profile: rows come back to the host (N x D floats, a few KB; the
+        # aggregate step selects on the host below 192 points).
+        self.device = device
+        self.model = AutoModel.from_pretrained(str(path)).eval().to(device)
         self.max_length = max_length
         self.dimension = int(self.model.config.hidden_size)
         self._torch = torch
@@ -85,10 +89,10 @@ class SentenceEncoder:
             truncation=True,
             max_length=self.max_length,
             return_tensors="pt",
-        )
+        ).to(self.device)
         with torch.inference_mode():
             hidden = self.model(**batch).last_hidden_state
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
             pooled = torch.nn.functional.normalize(pooled, dim=-1)
-        return pooled.float().numpy()
+        return pooled.float().cpu().numpy()

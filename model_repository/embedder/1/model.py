@@ -1,4 +1,5 @@
-"""Triton adapter for the sentence encoder: all texts of all batched requests in one pass.
+"""Triton adapter for the sentence encoder: all texts of all batched requests in one pass, on
+the device the profile names (the gpu profile links this same file).
 
 Public like every model here: a request's texts are bounded in number (the config's
 max_batch_size, which Triton enforces too) and in length (parameter max_text_chars, checked
@@ -19,7 +20,11 @@ class TritonPythonModel:
     def initialize(self, args):
         params = model_parameters(args)
         limit_threads(params)
-        self.encoder = SentenceEncoder(params["model_path"])
+        self.encoder = SentenceEncoder(
+            params["model_path"],
+            max_length=int(params.get("max_length", "128")),
+            device="cuda" if params.get("device", "cpu") == "gpu" else "cpu",
+        )
         self.max_chars = int(params.get("max_text_chars", DEFAULT_MAX_TEXT_CHARS))
         self.max_rows = max(1, int(json.loads(args["model_config"]).get("max_batch_size", 1)))
 
