@@ -46,9 +46,10 @@ def check_waveform(
     expected_rate: int = DEFAULT_SAMPLE_RATE,
     max_seconds: float = DEFAULT_MAX_SECONDS,
     name: str = "AUDIO",
+    max_abs: float = FULL_SCALE,
 ) -> np.ndarray:
     """Accept float32 mono [T] (or [1, T]) at the model's rate, finite, within full scale
-    ([-1, 1]) and the length limit.
+    ([-1, 1]; `max_abs` for a model fed noisy copies) and the length limit.
 
     Resampling is the client's job: silently resampling would change what the model hears,
     and the error message tells the caller exactly what to send. So is normalising the level:
@@ -74,10 +75,10 @@ def check_waveform(
     peak = float(np.max(np.abs(array)))  # NaN and inf propagate
     if not math.isfinite(peak):
         raise InvalidRequest(f"{name} contains NaN or infinite values")
-    if peak > FULL_SCALE:
+    if peak > max_abs:
         raise InvalidRequest(
-            f"{name} must lie in [-{FULL_SCALE:g}, {FULL_SCALE:g}] (full scale), got a peak "
-            f"of {peak:.3g}"
+            f"{name} must lie in [-{max_abs:g}, {max_abs:g}]"
+            f"{' (full scale)' if max_abs == FULL_SCALE else ''}, got a peak of {peak:.3g}"
         )
     return array
 
@@ -201,6 +202,8 @@ class AudioPreprocessor:
     sample_rate: int
     window: int  # samples the model hears; longer clips are cut, shorter ones zero-padded
     max_seconds: float = DEFAULT_MAX_SECONDS
+    # Full scale for a caller's clip; the MLLM also takes noisy copies (audio_value_bound).
+    max_abs: float = FULL_SCALE
 
     @classmethod
     def load(
@@ -231,6 +234,7 @@ class AudioPreprocessor:
             sample_rate=self.sample_rate if sample_rate is None else sample_rate,
             expected_rate=self.sample_rate,
             max_seconds=self.max_seconds,
+            max_abs=self.max_abs,
         )[: self.window]
         out = np.zeros(self.window, np.float32)
         out[: checked.shape[0]] = checked

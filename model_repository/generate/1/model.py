@@ -179,7 +179,7 @@ def _audio_check(params, settings):
     """AUDIO [N, T]: T the audio model's window (what noise_audio makes), samples within full
     scale plus the noise the server allows (smoothguard.audio.audio_value_bound)."""
     window = AudioPreprocessor.load(params["audio_mllm_path"]).window
-    bound = audio_value_bound(settings.sigma_max)
+    bound = audio_value_bound(settings.audio_sigma_max)  # what mllm_audio accepts too
 
     def check(values):
         if values.ndim != 2 or values.shape[1] != window:

@@ -8,7 +8,7 @@ from collections import defaultdict
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from smoothguard.audio import AudioPreprocessor, audio_from_inputs
+from smoothguard.audio import AudioPreprocessor, audio_from_inputs, audio_value_bound
 from smoothguard.mllm import VisionLanguageModel
 from smoothguard.noise import noise_value_bound
 from smoothguard.settings import DefenseSettings, InvalidRequest, resolve_options
@@ -115,7 +115,11 @@ def _audio_rows(model, request, settings):
     if rates is not None and rates.size != rows:
         raise InvalidRequest("SAMPLE_RATE must have one row per AUDIO row")
     fit = AudioPreprocessor(
-        model.sample_rate, model.num_samples, max_seconds=settings.max_audio_seconds
+        model.sample_rate,
+        model.num_samples,
+        max_seconds=settings.max_audio_seconds,
+        # generate_audio sends noisy copies, which may pass full scale when clip is off
+        max_abs=audio_value_bound(settings.audio_sigma_max),
     )
     clips = []
     for i in range(rows):
