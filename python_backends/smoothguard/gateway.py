@@ -252,7 +252,6 @@ class GatewayStats:
     """What the gateway saw, for its metrics (thread-safe enough: one event loop writes)."""
 
     refused: Counter[tuple[str, str]] = field(default_factory=Counter)
-    forwarded: Counter[str] = field(default_factory=Counter)
     in_flight: int = 0
 
 
@@ -459,8 +458,6 @@ class Gateway:
             response = await (self._tracked(forward()) if is_infer else forward())
         except aiohttp.ClientError as exc:
             return web.json_response({"error": f"tritonserver is not reachable: {exc}"}, status=503)
-        if is_infer:
-            self.stats.forwarded["http"] += 1
         return response
 
     def _check_http_body(self, request: web.Request, body: bytes, is_infer: bool) -> None:
@@ -577,11 +574,7 @@ class _GrpcForwarder(grpc.GenericRpcHandler):
                 request, metadata=_metadata(context), timeout=context.time_remaining()
             )
             try:
-                if name == "ModelInfer":
-                    response = await gateway._tracked(call)
-                    gateway.stats.forwarded["grpc"] += 1
-                    return response
-                return await call
+                return await (gateway._tracked(call) if name == "ModelInfer" else call)
             except grpc.aio.AioRpcError as exc:
                 await context.abort(exc.code(), _upstream_details(exc))
             raise AssertionError("unreachable")
