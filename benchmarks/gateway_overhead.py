@@ -1,7 +1,7 @@
 """What the gateway costs a request: p50 at concurrency 1 through the public port vs
 tritonserver's own loopback port, on the same server, alternating call by call.
 
-Why: every request now passes the gateway (smoothguard.gateway) before Triton; this is the
+Why: every request now passes the gateway (smoothguard.serving.gateway) before Triton; this is the
 price of the checks that keep a tiny hostile request from killing a stub or the server.
 
     python benchmarks/gateway_overhead.py --out docs/results/gateway [--calls 100]
@@ -27,8 +27,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "build"))
 
 from render import render  # noqa: E402
-from smoothguard.server import ServerPorts, TritonServer  # noqa: E402
-from smoothguard.synthpope import generate_split  # noqa: E402
+from smoothguard.serving.server import ServerPorts, TritonServer  # noqa: E402
+from smoothguard.synthetic.synthpope import generate_split  # noqa: E402
 
 
 def _tensor(name: str, array: np.ndarray, wire: str) -> grpcclient.InferInput:

@@ -25,8 +25,8 @@ import numpy as np
 import sklearn
 from sklearn.cluster import KMeans
 
-from smoothguard.kmeans import kmeans2
-from smoothguard.xp import get_xp, to_numpy
+from smoothguard.core.kmeans import kmeans2
+from smoothguard.core.xp import get_xp, to_numpy
 
 
 def make_batch(b: int, n: int, d: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -22,12 +22,12 @@ from typing import Any
 
 import torch
 
+from smoothguard.adapters.mllm import VisionLanguageModel
+from smoothguard.core.noise import normalized_sigma
+from smoothguard.core.settings import NOISE_UNITS
 from smoothguard.evaluation.report import write_results
 from smoothguard.evaluation.run import saved_attacks, saved_config
-from smoothguard.mllm import VisionLanguageModel
-from smoothguard.noise import normalized_sigma
-from smoothguard.settings import NOISE_UNITS
-from smoothguard.synthpope import load_benchmark
+from smoothguard.synthetic.synthpope import load_benchmark
 
 REPO = Path(__file__).resolve().parents[1]
 # (unit, sigma): the default, and the same number read as pixels

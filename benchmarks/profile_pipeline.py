@@ -20,13 +20,13 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 
 WATCH = {
-    "generate (mllm)": "generate (smoothguard/mllm.py",
+    "generate (mllm)": "generate (smoothguard/adapters/mllm.py",
     "vision tower": "forward (transformers/models/clip/",
     "language model": "forward (transformers/models/llama/",
-    "sentence encoder": "encode (smoothguard/embedder.py",
-    "k-means": "smoothguard/kmeans.py",
-    "noise": "smoothguard/noise.py",
-    "aggregate": "smoothguard/aggregate.py",
+    "sentence encoder": "encode (smoothguard/adapters/embedder.py",
+    "k-means": "smoothguard/core/kmeans.py",
+    "noise": "smoothguard/core/noise.py",
+    "aggregate": "smoothguard/core/aggregate.py",
 }
 
 
@@ -34,10 +34,10 @@ def run(seconds: float, num_samples: int) -> None:
     import torch
     from serving_bench import workload
 
-    from smoothguard.embedder import SentenceEncoder
-    from smoothguard.mllm import VisionLanguageModel
-    from smoothguard.pipeline import SmoothGuard
-    from smoothguard.settings import DefenseSettings, resolve_options
+    from smoothguard.adapters.embedder import SentenceEncoder
+    from smoothguard.adapters.mllm import VisionLanguageModel
+    from smoothguard.core.pipeline import SmoothGuard
+    from smoothguard.core.settings import DefenseSettings, resolve_options
 
     torch.set_num_threads(2)
     model = VisionLanguageModel.load(REPO_ROOT / "models" / "synthvlm")

@@ -26,6 +26,10 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from smoothguard.adapters.mllm import VisionLanguageModel
+from smoothguard.core.noise import noisy_copies
+from smoothguard.core.pipeline import SmoothGuard
+from smoothguard.core.settings import RequestOptions
 from smoothguard.evaluation.answerers import Answer, InProcessAnswerer
 from smoothguard.evaluation.report import write_results
 from smoothguard.evaluation.run import (
@@ -38,11 +42,7 @@ from smoothguard.evaluation.run import (
     saved_attacks,
     saved_config,
 )
-from smoothguard.mllm import VisionLanguageModel
-from smoothguard.noise import noisy_copies
-from smoothguard.pipeline import SmoothGuard
-from smoothguard.settings import RequestOptions
-from smoothguard.synthpope import load_benchmark
+from smoothguard.synthetic.synthpope import load_benchmark
 
 REPO = Path(__file__).resolve().parents[1]
 

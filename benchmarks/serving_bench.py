@@ -35,7 +35,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "build"))
 
 from render import render  # noqa: E402
-from smoothguard.server import (  # noqa: E402
+from smoothguard.serving.server import (  # noqa: E402
     ServerPorts,
     TritonServer,
     perf_analyzer_binary,
@@ -44,7 +44,7 @@ from smoothguard.server import (  # noqa: E402
 
 
 def workload(n_items: int) -> list[tuple[np.ndarray, str]]:
-    from smoothguard.synthpope import generate_split
+    from smoothguard.synthetic.synthpope import generate_split
 
     scenes = generate_split("test", n_items)
     return [
@@ -160,10 +160,10 @@ class InProcess:
     ) -> None:
         import torch
 
-        from smoothguard.embedder import SentenceEncoder
-        from smoothguard.mllm import VisionLanguageModel
-        from smoothguard.pipeline import SmoothGuard
-        from smoothguard.settings import DefenseSettings, resolve_options
+        from smoothguard.adapters.embedder import SentenceEncoder
+        from smoothguard.adapters.mllm import VisionLanguageModel
+        from smoothguard.core.pipeline import SmoothGuard
+        from smoothguard.core.settings import DefenseSettings, resolve_options
 
         torch.set_num_threads(threads)
         self.items, self.max_new_tokens = items, max_new_tokens
@@ -209,7 +209,7 @@ def cpu_seconds(server_pid: int) -> dict[str, float]:
     summed): where a request's cost goes, which Triton's own timers do not show."""
     import psutil
 
-    from smoothguard.watchdog import live_stubs
+    from smoothguard.serving.watchdog import live_stubs
 
     def used(process: Any) -> float:
         times = process.cpu_times()

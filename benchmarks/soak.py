@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serving_bench import perf_input_file, workload  # noqa: E402
 
 from render import render  # noqa: E402
-from smoothguard.server import (  # noqa: E402
+from smoothguard.serving.server import (  # noqa: E402
     ServerPorts,
     TritonServer,
     perf_analyzer_binary,

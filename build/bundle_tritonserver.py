@@ -176,7 +176,7 @@ def stage(staging: Path, python: str, wheel_dir: Path) -> dict[str, object]:
     for src, dst in copies.items():
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(src, dst)
-    # Only locates the binary (smoothguard.server); the wheel's own __init__ imports its API.
+    # Only locates the binary (smoothguard.serving.server); the wheel's __init__ imports its API.
     (site / "pytriton" / "__init__.py").write_text(
         '"""The tritonserver of nvidia-pytriton, bundled by build/bundle_tritonserver.py."""\n'
     )

@@ -16,7 +16,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "python_backends"))
 
-from smoothguard.synthvlm.evaluate import SIGMAS, UNITS, evaluate, write  # noqa: E402
+from smoothguard.synthetic.synthvlm.evaluate import SIGMAS, UNITS, evaluate, write  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,10 +21,10 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "python_backends"))
 
-from smoothguard.aggregate import GPU_MIN_POINTS, select  # noqa: E402
-from smoothguard.kmeans import kmeans2  # noqa: E402
-from smoothguard.noise import make_rng, noisy_copies  # noqa: E402
-from smoothguard.xp import cuml_available, gpu_available  # noqa: E402
+from smoothguard.core.aggregate import GPU_MIN_POINTS, select  # noqa: E402
+from smoothguard.core.kmeans import kmeans2  # noqa: E402
+from smoothguard.core.noise import make_rng, noisy_copies  # noqa: E402
+from smoothguard.core.xp import cuml_available, gpu_available  # noqa: E402
 
 MEAN, STD = (0.481, 0.458, 0.408), (0.269, 0.261, 0.276)
 
@@ -93,11 +93,11 @@ def check_arrays() -> list[str]:
 def check_models(items: int = 32, num_samples: int = 10) -> list[str]:
     """The cpu profile's default models on CUDA (the mllm steps' `device: gpu`): their answers
     on noisy copies of benchmark inputs against the CPU's, and generate's time on each."""
-    from smoothguard import audio
-    from smoothguard.mllm import VisionLanguageModel
-    from smoothguard.synthalm.model import AudioLanguageModel
-    from smoothguard.synthaudio.dataset import load_benchmark
-    from smoothguard.synthpope import generate_split
+    from smoothguard.core import audio
+    from smoothguard.adapters.mllm import VisionLanguageModel
+    from smoothguard.synthetic.synthalm.model import AudioLanguageModel
+    from smoothguard.synthetic.synthaudio.dataset import load_benchmark
+    from smoothguard.synthetic.synthpope import generate_split
 
     failures = []
     vlm = [VisionLanguageModel.load(REPO_ROOT / "models" / "synthvlm", device=d) for d in DEVICES]

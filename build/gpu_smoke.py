@@ -7,10 +7,10 @@ Needs nothing but the working tree and the bundle (build/bundle_tritonserver.py)
 the bundle into a fresh virtual environment that sees this interpreter's packages, renders
 the gpu profile with mllm.runtime `hf` (the shipped models/synthvlm; the embedder is its text
 stack, derived into the output folder, since the cpu profile's MiniLM does not fit the 64 MiB
-a GPU machine is lent with) and serves it under smoothguard.supervisor. Then:
+a GPU machine is lent with) and serves it under smoothguard.serving.supervisor. Then:
 
 1. seeded defended requests and undefended (mllm) requests, against the same pipeline run in
-   this process on the CPU (smoothguard.pipeline): the answers must be equal;
+   this process on the CPU (smoothguard.core.pipeline): the answers must be equal;
 2. p50/p90/p99 latency and throughput of defended requests at concurrency 1, 8 and 32, from
    a bounded client load loop (perf_analyzer's own closure does not fit the bundle);
 3. per-step times from Triton's statistics over the load, and GPU and host memory.
@@ -98,7 +98,7 @@ def libpython() -> Path:
 
 
 def make_environment(bundle: Path, venv: Path) -> Path:
-    """A venv whose site-packages holds the bundled tritonserver (where smoothguard.server
+    """A venv whose site-packages holds the bundled tritonserver (where smoothguard.serving.server
     looks for it) and whose .pth puts the bundle's numpy<2 before this interpreter's packages,
     the project after them, and the bundle's fill-ins last. The Python backend stub finds
     this prefix through `python3` on PATH; its python interpreter ignores PYTHONPATH."""
@@ -154,7 +154,7 @@ def devices(requested: str) -> dict[str, str]:
 
     if not torch.cuda.is_available():
         raise SmokeError("--device gpu: torch sees no CUDA device")
-    from smoothguard.xp import gpu_available
+    from smoothguard.core.xp import gpu_available
 
     if gpu_available():
         return {"model_device": "gpu", "device": "gpu", "defense_reason": "CuPy imports"}
@@ -190,8 +190,12 @@ def scenes(count: int) -> list[tuple[Any, str]]:
     for a description (so that not every answer is "yes")."""
     import numpy as np
 
-    from smoothguard.synthpope import generate_split
-    from smoothguard.synthpope.questions import DESCRIBE_PROMPT, negative_object, pope_prompt
+    from smoothguard.synthetic.synthpope import generate_split
+    from smoothguard.synthetic.synthpope.questions import (
+        DESCRIBE_PROMPT,
+        negative_object,
+        pope_prompt,
+    )
 
     out = []
     for index, scene in enumerate(generate_split("test", count)):
@@ -230,11 +234,11 @@ def check_answers(url: str, profile: dict[str, Any], placement: dict[str, str]) 
     """Seeded defended and undefended answers from the server against this process's CPU."""
     import tritonclient.grpc as grpc
 
-    from smoothguard.embedder import SentenceEncoder
-    from smoothguard.mllm import VisionLanguageModel
-    from smoothguard.pipeline import SmoothGuard
-    from smoothguard.preprocess import ImagePreprocessor
-    from smoothguard.settings import DefenseSettings, resolve_options
+    from smoothguard.adapters.embedder import SentenceEncoder
+    from smoothguard.adapters.mllm import VisionLanguageModel
+    from smoothguard.adapters.preprocess import ImagePreprocessor
+    from smoothguard.core.pipeline import SmoothGuard
+    from smoothguard.core.settings import DefenseSettings, resolve_options
 
     settings = DefenseSettings(**profile["defense"])
     vlm = VisionLanguageModel.load(MLLM, device="cpu")
@@ -407,7 +411,7 @@ def memory(server_pid: int, model_device: str) -> dict[str, Any]:
 
 def serve_and_check(args: argparse.Namespace) -> int:
     import render
-    from smoothguard.server import ServerPorts, TritonServer, tritonserver_binary
+    from smoothguard.serving.server import ServerPorts, TritonServer, tritonserver_binary
 
     out: Path = args.out
     binary = tritonserver_binary()

@@ -28,7 +28,7 @@ import yaml
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "python_backends"))
 
-from smoothguard.settings import DefenseSettings  # noqa: E402
+from smoothguard.core.settings import DefenseSettings  # noqa: E402
 
 PROFILES = REPO_ROOT / "build" / "profiles.yaml"
 TEMPLATES = REPO_ROOT / "model_repository"

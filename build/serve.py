@@ -1,4 +1,4 @@
-"""Render a profile and serve it in the foreground under smoothguard.supervisor.
+"""Render a profile and serve it in the foreground under smoothguard.serving.supervisor.
 
 python build/serve.py --profile cpu [--bind 0.0.0.0] [--grpc-port 8001 --http-port 8000 ...]
 
@@ -24,8 +24,8 @@ sys.path.insert(0, str(REPO_ROOT / "python_backends"))
 sys.path.insert(0, str(REPO_ROOT / "build"))
 
 from render import RenderError, render  # noqa: E402
-from smoothguard.server import ServerPorts, TritonServer, server_environment  # noqa: E402
-from smoothguard.supervisor import Supervisor, install_signal_handlers  # noqa: E402
+from smoothguard.serving.server import ServerPorts, TritonServer, server_environment  # noqa: E402
+from smoothguard.serving.supervisor import Supervisor, install_signal_handlers  # noqa: E402
 
 # APIs an anonymous caller of `make serve` may not use; inference, health, metadata, model
 # config and statistics stay open (perf_analyzer reads the last two).

@@ -23,8 +23,8 @@ sys.path.insert(0, str(REPO_ROOT / "build"))
 
 from train_vlm import ship  # noqa: E402
 
-from smoothguard.synthalm.evaluate import evaluate, write  # noqa: E402
-from smoothguard.synthalm.train import TrainConfig, train  # noqa: E402
+from smoothguard.synthetic.synthalm.evaluate import evaluate, write  # noqa: E402
+from smoothguard.synthetic.synthalm.train import TrainConfig, train  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,8 +24,8 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "python_backends"))
 
-from smoothguard.synthvlm.evaluate import evaluate, write  # noqa: E402
-from smoothguard.synthvlm.train import TrainConfig, train  # noqa: E402
+from smoothguard.synthetic.synthvlm.evaluate import evaluate, write  # noqa: E402
+from smoothguard.synthetic.synthvlm.train import TrainConfig, train  # noqa: E402
 
 CHECKSUMS = "SHA256SUMS"
 # Records and documentation, not part of the checkpoint (rewritten without retraining).

@@ -15,9 +15,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from smoothguard.audio import write_wav
-from smoothguard.synthaudio import generate_split as audio_split
-from smoothguard.synthpope import generate_split as image_split
+from smoothguard.core.audio import write_wav
+from smoothguard.synthetic.synthaudio import generate_split as audio_split
+from smoothguard.synthetic.synthpope import generate_split as image_split
 
 HERE = Path(__file__).resolve().parent
 SCENE_INDEX = 19  # test split: [('red', 'circle'), ('green', 'cross')]

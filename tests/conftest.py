@@ -17,7 +17,7 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "build"))
 
-from smoothguard.server import ServerPorts, TritonServer  # noqa: E402
+from smoothguard.serving.server import ServerPorts, TritonServer  # noqa: E402
 
 
 @dataclass

@@ -38,7 +38,7 @@ def llava_commands(profile: dict[str, Any], out: Path, work: Path) -> list[list[
     """convert_checkpoint, trtllm-build and the vision engine for LLaVA-1.5."""
     mllm, examples = profile["mllm"], profile["container"]["trtllm_examples"]
     batch, visual = int(mllm["max_batch_size"]), int(mllm["num_visual_features"])
-    # The adapter's ids fit this exactly, BOS included (smoothguard.trtllm.PromptTableLayout).
+    # The adapter's ids fit this exactly, BOS included (adapters.trtllm.PromptTableLayout).
     max_input = int(mllm["max_text_len"]) + visual
     dtype = str(mllm["dtype"])
     checkpoint = work / "llava" / "checkpoint"

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from smoothguard.xp import is_cupy
+from smoothguard.core.xp import is_cupy
 
 
 def as_array(tensor: Any, xp: ModuleType) -> Any:

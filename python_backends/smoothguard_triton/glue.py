@@ -14,14 +14,14 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from smoothguard.settings import (
+from smoothguard.core.settings import (
     DefenseSettings,
     InvalidRequest,
     RequestOptions,
     parse_options,
     resolve_options,
 )
-from smoothguard.validation import decode_prompt, scrub, single_scalar
+from smoothguard.core.validation import decode_prompt, scrub, single_scalar
 from smoothguard_triton.metrics import TICKET_KEY
 
 log = logging.getLogger("smoothguard")

@@ -33,8 +33,8 @@ from typing import Any, get_args
 
 import triton_python_backend_utils as pb_utils
 
-from smoothguard.policy import DecisionKind
-from smoothguard.settings import RequestOptions
+from smoothguard.core.policy import DecisionKind
+from smoothguard.core.settings import RequestOptions
 
 DECISIONS: tuple[str, ...] = get_args(DecisionKind)
 

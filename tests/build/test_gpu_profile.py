@@ -361,7 +361,7 @@ def test_docker_compose() -> None:
     # under the supervisor, open on the container's address; its watchdog needs explicit
     # model control
     assert server["command"][:6] == [
-        "python3", "-m", "smoothguard.supervisor", "--bind=0.0.0.0", "--", "tritonserver",
+        "python3", "-m", "smoothguard.serving.supervisor", "--bind=0.0.0.0", "--", "tritonserver",
     ]  # fmt: skip
     assert "--model-control-mode=explicit" in server["command"]
     pool = load_profile("gpu")["server"]["cuda_memory_pool_byte_size"]

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from smoothguard.audio import write_wav
+from smoothguard.core.audio import write_wav
 from smoothguard_client import build_ask_audio_inputs, load_audio
 
 CLIP = (0.1 * np.sin(np.arange(1600) / 3)).astype(np.float32)

@@ -270,7 +270,7 @@ def test_graceful_shutdown_budget(overlay: str) -> None:
     if overlay == "cpu":
         # serve.py puts TritonServer's own --exit-timeout-secs before our args; it must not be
         # longer than the grace period either.
-        from smoothguard.server import TritonServer
+        from smoothguard.serving.server import TritonServer
 
         default = next(
             f.default for f in dataclasses.fields(TritonServer) if f.name.startswith("exit")
@@ -434,7 +434,7 @@ def test_gpu_overlay() -> None:
     assert container["command"][:6] == [
         "python3",
         "-m",
-        "smoothguard.supervisor",
+        "smoothguard.serving.supervisor",
         "--bind=0.0.0.0",  # the gateway on the pod's address; tritonserver stays on loopback
         "--",
         "tritonserver",
@@ -584,7 +584,7 @@ def test_alerts() -> None:
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_response_cache_is_the_servers_size(overlay: str) -> None:
     """The generate step's response cache needs the server flag; one size everywhere."""
-    from smoothguard.server import RESPONSE_CACHE_ARG
+    from smoothguard.serving.server import RESPONSE_CACHE_ARG
 
     flags = triton_flags(render(overlay))
     assert flag_values(flags, "cache-config") == [RESPONSE_CACHE_ARG.split("=", 1)[1]]

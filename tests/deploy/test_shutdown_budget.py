@@ -9,7 +9,7 @@ import inspect
 import re
 from pathlib import Path
 
-from smoothguard.server import TritonServer
+from smoothguard.serving.server import TritonServer
 
 DEPLOYMENT = Path(__file__).resolve().parents[2] / "deploy" / "base" / "deployment.yaml"
 
@@ -37,7 +37,7 @@ def test_the_supervisors_worst_stop_fits_the_grace_period() -> None:
     """Drain (requests in flight finish), then Triton's own stop: both bounded, and together
     with the preStop sleep inside Kubernetes' grace period, so the kubelet never SIGKILLs a
     supervisor that is still stopping cleanly."""
-    from smoothguard.supervisor import Supervisor
+    from smoothguard.serving.supervisor import Supervisor
 
     defaults = {f.name: f.default for f in dataclasses.fields(Supervisor)}
     text = DEPLOYMENT.read_text()

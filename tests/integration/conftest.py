@@ -13,8 +13,8 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from smoothguard.server import ServerPorts, TritonServer
-from smoothguard.watchdog import live_stubs
+from smoothguard.serving.server import ServerPorts, TritonServer
+from smoothguard.serving.watchdog import live_stubs
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 # (model name, fake_mllm mode, delay_s): the MLLMs the faulty generate copies call.

@@ -14,8 +14,8 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from smoothguard.audio import write_wav
-from smoothguard.synthaudio import load_benchmark, score_yes_no
+from smoothguard.core.audio import write_wav
+from smoothguard.synthetic.synthaudio import load_benchmark, score_yes_no
 from smoothguard_client import SmoothGuardClient, SmoothGuardError
 
 pytestmark = pytest.mark.integration

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from smoothguard.synthpope import generate_split
+from smoothguard.synthetic.synthpope import generate_split
 from smoothguard_client import AsyncSmoothGuardClient, SmoothGuardClient, SmoothGuardError
 
 pytestmark = pytest.mark.integration
@@ -51,7 +51,7 @@ def test_ask_with_a_png_file(triton: Any, scene_png: tuple[Any, Path]) -> None:
 
 
 def test_defense_parameters_are_the_served_defaults(triton: Any) -> None:
-    from smoothguard.settings import DefenseSettings
+    from smoothguard.core.settings import DefenseSettings
 
     async def read() -> dict[str, str]:
         async with AsyncSmoothGuardClient(triton.grpc_url) as client:

@@ -13,7 +13,7 @@ import tritonclient.grpc as grpcclient
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
-from smoothguard.synthpope import generate_split
+from smoothguard.synthetic.synthpope import generate_split
 
 pytestmark = pytest.mark.integration
 

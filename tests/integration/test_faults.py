@@ -19,9 +19,9 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from smoothguard.server import TritonServer
-from smoothguard.settings import RequestOptions
-from smoothguard.synthpope import generate_split
+from smoothguard.core.settings import RequestOptions
+from smoothguard.serving.server import TritonServer
+from smoothguard.synthetic.synthpope import generate_split
 from smoothguard_client import RetryPolicy, SmoothGuardClient
 
 pytestmark = pytest.mark.integration

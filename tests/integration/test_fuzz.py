@@ -45,9 +45,9 @@ from PIL import Image
 from tritonclient.grpc import model_config_pb2
 from tritonclient.utils import InferenceServerException
 
-from smoothguard.audio import write_wav
-from smoothguard.settings import DefenseSettings, RequestOptions
-from smoothguard.synthpope import generate_split
+from smoothguard.core.audio import write_wav
+from smoothguard.core.settings import DefenseSettings, RequestOptions
+from smoothguard.synthetic.synthpope import generate_split
 
 pytestmark = pytest.mark.integration
 

@@ -32,11 +32,11 @@ from PIL import Image
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from smoothguard.audio import write_wav
-from smoothguard.server import ServerPorts, TritonServer
-from smoothguard.settings import RequestOptions
-from smoothguard.synthpope import generate_split
-from smoothguard.watchdog import STUB_NAME, live_stubs
+from smoothguard.core.audio import write_wav
+from smoothguard.core.settings import RequestOptions
+from smoothguard.serving.server import ServerPorts, TritonServer
+from smoothguard.serving.watchdog import STUB_NAME, live_stubs
+from smoothguard.synthetic.synthpope import generate_split
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
-from smoothguard.settings import DefenseSettings, resolve_options
-from smoothguard.synthpope import generate_split
+from smoothguard.core.settings import DefenseSettings, resolve_options
+from smoothguard.synthetic.synthpope import generate_split
 from smoothguard_client import DefendedAnswer, SmoothGuardClient, SmoothGuardError
 
 pytestmark = pytest.mark.integration

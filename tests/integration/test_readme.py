@@ -133,9 +133,9 @@ def test_relative_links_point_at_files_that_exist(page: Path) -> None:
 
 def test_example_inputs_are_the_benchmark_items_make_examples_writes() -> None:
     """examples/make_examples.py's scene and clip, byte for byte in the WAV's case."""
-    from smoothguard.audio import write_wav
-    from smoothguard.synthaudio import generate_split as audio_split
-    from smoothguard.synthpope import generate_split as image_split
+    from smoothguard.core.audio import write_wav
+    from smoothguard.synthetic.synthaudio import generate_split as audio_split
+    from smoothguard.synthetic.synthpope import generate_split as image_split
 
     spec = importlib.util.spec_from_file_location("make_examples", EXAMPLES / "make_examples.py")
     assert spec is not None and spec.loader is not None

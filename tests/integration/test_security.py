@@ -15,7 +15,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from smoothguard.evaluation.run import EvalConfig, served_answerer
-from smoothguard.synthpope import generate_split
+from smoothguard.synthetic.synthpope import generate_split
 from smoothguard_client import SmoothGuardClient, SmoothGuardError
 
 pytestmark = pytest.mark.integration

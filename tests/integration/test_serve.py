@@ -22,8 +22,8 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from smoothguard.synthpope import generate_split
-from smoothguard.watchdog import live_stubs
+from smoothguard.serving.watchdog import live_stubs
+from smoothguard.synthetic.synthpope import generate_split
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from smoothguard.settings import DefenseSettings, resolve_options
+from smoothguard.core.settings import DefenseSettings, resolve_options
 
 
 def aggregate(load_model: Any, pb: ModuleType, texts: list[str], vectors: np.ndarray, **opts: Any):

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from smoothguard.settings import DefenseSettings, resolve_options
+from smoothguard.core.settings import DefenseSettings, resolve_options
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # What the generate config passes besides the defense settings: the MLLM to call, and its

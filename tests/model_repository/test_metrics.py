@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from smoothguard.settings import DefenseSettings, resolve_options
+from smoothguard.core.settings import DefenseSettings, resolve_options
 
 
 @pytest.fixture

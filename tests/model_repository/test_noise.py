@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from smoothguard.settings import DefenseSettings, RequestOptions
+from smoothguard.core.settings import DefenseSettings, RequestOptions
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PARAMS = {"audio_mllm_path": str(REPO_ROOT / "models" / "synthalm"), "device": "cpu"}

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from threadpoolctl import ThreadpoolController, threadpool_info
 
-from smoothguard.settings import DefenseSettings
+from smoothguard.core.settings import DefenseSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODELS = sorted((REPO_ROOT / "model_repository").rglob("model.py"))

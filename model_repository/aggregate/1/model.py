@@ -5,11 +5,11 @@ import json
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from smoothguard.aggregate import select_one
-from smoothguard.policy import decide
-from smoothguard.settings import DefenseSettings
-from smoothguard.validation import DEFAULT_MAX_TEXT_CHARS, check_embeddings, decode_texts
-from smoothguard.xp import get_xp
+from smoothguard.core.aggregate import select_one
+from smoothguard.core.policy import decide
+from smoothguard.core.settings import DefenseSettings
+from smoothguard.core.validation import DEFAULT_MAX_TEXT_CHARS, check_embeddings, decode_texts
+from smoothguard.core.xp import get_xp
 from smoothguard_triton.glue import (
     bytes_tensor,
     limit_threads,

@@ -11,8 +11,8 @@ import json
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from smoothguard.embedder import SentenceEncoder
-from smoothguard.validation import DEFAULT_MAX_TEXT_CHARS, decode_texts
+from smoothguard.adapters.embedder import SentenceEncoder
+from smoothguard.core.validation import DEFAULT_MAX_TEXT_CHARS, decode_texts
 from smoothguard_triton.glue import error_response, limit_threads, model_parameters, required_input
 
 

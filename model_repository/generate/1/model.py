@@ -12,12 +12,12 @@ import asyncio
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from smoothguard.adaptive import first_round, unanimous
-from smoothguard.audio import AudioPreprocessor, audio_value_bound
-from smoothguard.noise import noise_value_bound
-from smoothguard.preprocess import read_image_input_spec
-from smoothguard.settings import DefenseSettings, InvalidRequest
-from smoothguard.validation import check_finite_bounded, check_pixel_values
+from smoothguard.adapters.preprocess import read_image_input_spec
+from smoothguard.core.adaptive import first_round, unanimous
+from smoothguard.core.audio import AudioPreprocessor, audio_value_bound
+from smoothguard.core.noise import noise_value_bound
+from smoothguard.core.settings import DefenseSettings, InvalidRequest
+from smoothguard.core.validation import check_finite_bounded, check_pixel_values
 from smoothguard_triton.glue import (
     bytes_tensor,
     error_response,
@@ -177,7 +177,7 @@ def _pixel_check(params, settings):
 
 def _audio_check(params, settings):
     """AUDIO [N, T]: T the audio model's window (what noise_audio makes), samples within full
-    scale plus the noise the server allows (smoothguard.audio.audio_value_bound)."""
+    scale plus the noise the server allows (smoothguard.core.audio.audio_value_bound)."""
     window = AudioPreprocessor.load(params["audio_mllm_path"]).window
     bound = audio_value_bound(settings.audio_sigma_max)  # what mllm_audio accepts too
 

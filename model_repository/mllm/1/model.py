@@ -8,11 +8,11 @@ from collections import defaultdict
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from smoothguard.audio import AudioPreprocessor, audio_from_inputs, audio_value_bound
-from smoothguard.mllm import VisionLanguageModel
-from smoothguard.noise import noise_value_bound
-from smoothguard.settings import DefenseSettings, InvalidRequest, resolve_options
-from smoothguard.validation import check_image_array, check_pixel_values, decode_prompt
+from smoothguard.adapters.mllm import VisionLanguageModel
+from smoothguard.core.audio import AudioPreprocessor, audio_from_inputs, audio_value_bound
+from smoothguard.core.noise import noise_value_bound
+from smoothguard.core.settings import DefenseSettings, InvalidRequest, resolve_options
+from smoothguard.core.validation import check_image_array, check_pixel_values, decode_prompt
 from smoothguard_triton.glue import (
     bytes_tensor,
     error_response,
@@ -136,7 +136,7 @@ def _audio_rows(model, request, settings):
 
 
 def _load_audio_model(path, device):
-    from smoothguard.synthalm.model import AudioLanguageModel
+    from smoothguard.synthetic.synthalm.model import AudioLanguageModel
 
     return AudioLanguageModel.load(path, device=device)
 

@@ -5,11 +5,11 @@ device and leave by DLPack, so the N images never pass through host memory; on C
 NumPy, unchanged.
 """
 
-from smoothguard.noise import make_rng, noisy_copies
-from smoothguard.preprocess import ImagePreprocessor
-from smoothguard.settings import DefenseSettings
-from smoothguard.validation import image_from_inputs
-from smoothguard.xp import get_xp
+from smoothguard.adapters.preprocess import ImagePreprocessor
+from smoothguard.core.noise import make_rng, noisy_copies
+from smoothguard.core.settings import DefenseSettings
+from smoothguard.core.validation import image_from_inputs
+from smoothguard.core.xp import get_xp
 from smoothguard_triton.dlpack import output_tensor
 from smoothguard_triton.glue import (
     bytes_tensor,
@@ -76,6 +76,6 @@ def _load_preprocessor(params):
         size = int(params.get("image_size", "0") or 0)
         if size <= 0:
             raise
-        from smoothguard.trtllm import FixedResolutionPreprocessor
+        from smoothguard.adapters.trtllm import FixedResolutionPreprocessor
 
         return FixedResolutionPreprocessor.load(params["mllm_path"], size)

@@ -1,7 +1,7 @@
 """Two ways to get undefended and defended answers: in this process, or from the server.
 
 In-process runs the very SmoothGuard code the server runs (noise, vote, policy through
-`smoothguard.pipeline`); served sends the same images to the `smoothguard` and `mllm`
+`smoothguard.core.pipeline`); served sends the same images to the `smoothguard` and `mllm`
 endpoints over gRPC, so an attack computed once can be replayed against a deployment.
 """
 
@@ -15,7 +15,7 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
-from smoothguard.settings import DefenseSettings, resolve_options
+from smoothguard.core.settings import DefenseSettings, resolve_options
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ class InProcessAnswerer:
         max_new_tokens: int,
         batch_size: int = 64,
     ) -> None:
-        from smoothguard.pipeline import SmoothGuard
+        from smoothguard.core.pipeline import SmoothGuard
 
         self.model, self.settings, self.max_new_tokens = model, settings, max_new_tokens
         self.batch_size = batch_size

@@ -5,9 +5,9 @@ without the defense, and a sigma sweep; the image evaluation's (evaluation.run) 
     python -m smoothguard.evaluation.audio --smoke --out var/eval-audio-smoke
     python -m smoothguard.evaluation.audio --served 127.0.0.1:8001 ...  # the served endpoint
 
-Defended = the same in-process SmoothGuard pipeline as for images (smoothguard.pipeline: vote,
-embedding, policy), with the noise step swapped for smoothguard.audio.noisy_copies (sigma x the
-clip's RMS). Attacks are smoothguard.attacks.pgd on the waveform (WaveformDomain): L-inf `eps`
+Defended = the same in-process SmoothGuard pipeline as for images (smoothguard.core.pipeline: vote,
+embedding, policy), with the noise step swapped for smoothguard.core.audio.noisy_copies (sigma x the
+clip's RMS). Attacks are evaluation.attacks.pgd on the waveform (WaveformDomain): L-inf `eps`
 in full-scale amplitude ([-1, 1]; 0.01 is -40 dBFS, well under the events' -26..-6 dBFS peaks
 and near the background's level): untargeted yes/no flip, targeted harmful marker, and EOT-PGD
 (the gradient averaged over the defense's own noise). Attacked clips are saved under
@@ -26,12 +26,14 @@ from typing import Any
 
 import numpy as np
 
-from smoothguard.attacks import AttackSpec
+from smoothguard.core.pipeline import SmoothGuard
+from smoothguard.core.settings import DefenseSettings, RequestOptions
 from smoothguard.evaluation.answerers import (
     Answer,
     Answerer,
     InProcessAnswerer,
 )
+from smoothguard.evaluation.attacks import AttackSpec
 from smoothguard.evaluation.run import (
     REPO_ROOT,
     AttackRun,
@@ -45,8 +47,6 @@ from smoothguard.evaluation.run import (
     run_from_args,
     served_answerer,
 )
-from smoothguard.pipeline import SmoothGuard
-from smoothguard.settings import DefenseSettings, RequestOptions
 
 METRICS: tuple[str, ...] = (
     "pope_accuracy",
@@ -87,16 +87,16 @@ class AudioEvalConfig:
 
 
 class AudioSmoothGuard(SmoothGuard):
-    """SmoothGuard's pipeline with the audio noise step (smoothguard.audio)."""
+    """SmoothGuard's pipeline with the audio noise step (smoothguard.core.audio)."""
 
     def __init__(self, *args: Any, noise_unit: str = "relative", **kwargs: Any) -> None:
         super().__init__(*args, image_mean=(), image_std=(), **kwargs)
         self.noise_unit = noise_unit
 
     def noisy_copies(self, pixel_values: np.ndarray, options: RequestOptions) -> np.ndarray:
-        from smoothguard.audio import noisy_copies
-        from smoothguard.noise import make_rng
-        from smoothguard.xp import array_module
+        from smoothguard.core.audio import noisy_copies
+        from smoothguard.core.noise import make_rng
+        from smoothguard.core.xp import array_module
 
         if pixel_values.ndim != 1:
             raise ValueError(f"waveform must be [T], got shape {pixel_values.shape}")
@@ -136,7 +136,7 @@ class AudioScorer:
     """evaluation.run.Scorer's interface on SynthAudio."""
 
     def __init__(self) -> None:
-        from smoothguard import synthaudio
+        from smoothguard.synthetic import synthaudio
 
         self.sa = synthaudio
 
@@ -190,9 +190,9 @@ def _utility(
 
 
 def evaluate(config: AudioEvalConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
-    from smoothguard.embedder import SentenceEncoder
-    from smoothguard.synthalm.model import AudioLanguageModel
-    from smoothguard.synthaudio import HARMFUL_MARKER, load_benchmark
+    from smoothguard.adapters.embedder import SentenceEncoder
+    from smoothguard.synthetic.synthalm.model import AudioLanguageModel
+    from smoothguard.synthetic.synthaudio import HARMFUL_MARKER, load_benchmark
 
     started = time.perf_counter()
     model = AudioLanguageModel.load(config.model_path)

@@ -26,10 +26,10 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from smoothguard.attacks import ALGORITHM_REVISION, AttackSpec, pgd
+from smoothguard.core.settings import NOISE_UNITS, DefenseSettings
 from smoothguard.evaluation.answerers import Answer, Answerer, InProcessAnswerer, ServedAnswerer
+from smoothguard.evaluation.attacks import ALGORITHM_REVISION, AttackSpec, pgd
 from smoothguard.evaluation.report import write_report
-from smoothguard.settings import NOISE_UNITS, DefenseSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
@@ -352,7 +352,7 @@ class Scorer:
     """Per task: did an answer succeed (utility) and did an attack succeed (ASR)."""
 
     def __init__(self) -> None:
-        from smoothguard import synthpope
+        from smoothguard.synthetic import synthpope
 
         self.sp = synthpope
 
@@ -441,8 +441,8 @@ def attack_success(
 
 
 def evaluate(config: EvalConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
-    from smoothguard.mllm import VisionLanguageModel
-    from smoothguard.synthpope import HARMFUL_MARKER, load_benchmark
+    from smoothguard.adapters.mllm import VisionLanguageModel
+    from smoothguard.synthetic.synthpope import HARMFUL_MARKER, load_benchmark
 
     started = time.perf_counter()
     served = served_answerer(config, log) if config.served else None  # refuse before any work
@@ -541,7 +541,7 @@ def evaluate(config: EvalConfig, log: Callable[[str], None] = print) -> dict[str
 
 def in_process_answerer(config: EvalConfig, model: Any) -> InProcessAnswerer:
     """The defense as the server runs it, with the evaluation's noise unit and budget."""
-    from smoothguard.embedder import SentenceEncoder
+    from smoothguard.adapters.embedder import SentenceEncoder
 
     settings = DefenseSettings(max_new_tokens=config.max_new_tokens, noise_unit=config.noise_unit)
     return InProcessAnswerer(

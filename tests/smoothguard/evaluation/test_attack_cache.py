@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from smoothguard.attacks import AttackSpec
 from smoothguard.evaluation import run as evaluation_run
+from smoothguard.evaluation.attacks import AttackSpec
 from smoothguard.evaluation.run import AttackRun, _fingerprint, model_fingerprint
 
 

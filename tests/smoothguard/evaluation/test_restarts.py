@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from smoothguard.attacks import AttackSpec
+from smoothguard.adapters.mllm import VisionLanguageModel
+from smoothguard.evaluation.attacks import AttackSpec
 from smoothguard.evaluation.run import AttackRun, EvalConfig, compute_attack
-from smoothguard.mllm import VisionLanguageModel
-from smoothguard.synthpope import HARMFUL_MARKER, load_benchmark
+from smoothguard.synthetic.synthpope import HARMFUL_MARKER, load_benchmark
 
 MODEL = Path(__file__).resolve().parents[3] / "models" / "synthvlm"
 

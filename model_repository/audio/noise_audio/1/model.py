@@ -1,11 +1,11 @@
 """Triton adapter for step 1 of smoothguard_audio (validate, fit to the model's window, make N
 noisy waveforms), the audio twin of noise/1/model.py. Sigma is relative to the clip's RMS by
-default (defense.audio_noise_unit; see smoothguard.audio)."""
+default (defense.audio_noise_unit; see smoothguard.core.audio)."""
 
-from smoothguard.audio import AudioPreprocessor, audio_from_inputs, noisy_copies
-from smoothguard.noise import make_rng
-from smoothguard.settings import DefenseSettings
-from smoothguard.xp import get_xp
+from smoothguard.core.audio import AudioPreprocessor, audio_from_inputs, noisy_copies
+from smoothguard.core.noise import make_rng
+from smoothguard.core.settings import DefenseSettings
+from smoothguard.core.xp import get_xp
 from smoothguard_triton.dlpack import output_tensor
 from smoothguard_triton.glue import (
     bytes_tensor,

@@ -8,8 +8,8 @@ import asyncio
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from smoothguard.settings import DefenseSettings, InvalidRequest
-from smoothguard.trtllm import FixedResolutionPreprocessor, denormalize_to_uint8
+from smoothguard.adapters.trtllm import FixedResolutionPreprocessor, denormalize_to_uint8
+from smoothguard.core.settings import DefenseSettings, InvalidRequest
 from smoothguard_triton.glue import bytes_tensor, error_response, limit_threads, model_parameters
 
 

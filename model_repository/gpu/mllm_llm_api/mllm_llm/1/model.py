@@ -6,8 +6,8 @@ import asyncio
 
 import triton_python_backend_utils as pb_utils
 
-from smoothguard.settings import DefenseSettings
-from smoothguard.validation import decode_prompt
+from smoothguard.core.settings import DefenseSettings
+from smoothguard.core.validation import decode_prompt
 from smoothguard_triton.glue import (
     bytes_tensor,
     error_response,

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from smoothguard.preprocess import ImagePreprocessor
-from smoothguard.settings import DefenseSettings, InvalidRequest
-from smoothguard.trtllm import PromptTableLayout
-from smoothguard.validation import decode_prompt
+from smoothguard.adapters.preprocess import ImagePreprocessor
+from smoothguard.adapters.trtllm import PromptTableLayout
+from smoothguard.core.settings import DefenseSettings, InvalidRequest
+from smoothguard.core.validation import decode_prompt
 from smoothguard_triton.glue import bytes_tensor, error_response, limit_threads, model_parameters
 
 

@@ -1,0 +1,147 @@
+"""Gaussian copies of an image, the "smoothing" half of SmoothGuard.
+
+Units. The model processor hands us ``z = (x - mean) / std`` with ``x`` in [0, 1]. The
+paper's reference code adds ``sigma * N(0, 1)`` to ``z`` itself, so its sigma is in
+*normalised* units; in pixel units that is ``sigma_pixel[c] = sigma * std[c]``. With CLIP
+statistics (std ~= 0.27) the default sigma 0.15 is therefore only ~0.04 in [0, 1] pixel
+units (~10/255). ``unit="pixel"`` lets an operator state sigma in pixel units instead; the
+noise added to ``z`` is then ``sigma / std[c]`` per channel.
+
+Clipping keeps every noisy copy a valid image: the normalised image of [0, 1] for channel c
+is ``[(0 - mean[c]) / std[c], (1 - mean[c]) / std[c]]``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from smoothguard.core.settings import NOISE_UNITS, NoiseUnit
+from smoothguard.core.xp import array_module
+
+
+def make_rng(xp: ModuleType, seed: int | None) -> Any:
+    """A Generator for `xp`; without a seed it draws OS entropy so noise is unpredictable.
+
+    An attacker who can predict the noise can optimise a perturbation against the exact
+    copies we will generate, so the unseeded path must never fall back to a fixed seed.
+    """
+    if seed is not None and seed < 0:
+        raise ValueError(f"seed must be non-negative, got {seed}")
+    if xp is np:
+        if seed is None:
+            return np.random.Generator(np.random.PCG64(np.random.SeedSequence(_entropy())))
+        return np.random.default_rng(seed)
+    # CuPy's Generator (XORWOW) takes an integer seed; 63 bits of OS entropy is plenty.
+    if seed is None:
+        seed = _entropy() & ((1 << 63) - 1)
+    return xp.random.default_rng(seed)
+
+
+def _entropy() -> int:
+    return int.from_bytes(os.urandom(16), "little")
+
+
+def pixel_sigma(sigma: float, unit: NoiseUnit, std: Sequence[float]) -> tuple[float, ...]:
+    """Per-channel noise std in [0, 1] pixel units, for reports that compare settings."""
+    _check_unit(unit)
+    if unit == "pixel":
+        return tuple(float(sigma) for _ in std)
+    return tuple(float(sigma) * float(s) for s in std)
+
+
+def normalized_sigma(sigma: float, unit: NoiseUnit, std: Sequence[float]) -> tuple[float, ...]:
+    """Per-channel noise std in the processor's normalised space (what is actually added)."""
+    _check_unit(unit)
+    if unit == "normalized":
+        return tuple(float(sigma) for _ in std)
+    return tuple(float(sigma) / float(s) for s in std)
+
+
+# How many standard deviations of noise a value may lie outside the normalised image range
+# before it counts as "no image": a Gaussian draw past 10 sigma has probability ~1e-23, so no
+# noisy copy ever gets there, while 1e30 (or anything that overflows when squared) always does.
+NOISE_TAILS = 10.0
+
+
+def noise_value_bound(
+    mean: Sequence[float], std: Sequence[float], *, sigma_max: float, unit: NoiseUnit
+) -> float:
+    """The largest |value| a noisy copy made by `noisy_copies` can reasonably hold: the
+    normalised image range of [0, 1] pixels, widened by NOISE_TAILS x the largest noise std
+    the server allows. Steps that take pixel values from a caller refuse anything beyond it."""
+    mean_a = np.asarray(mean, dtype=np.float64)
+    std_a = np.asarray(std, dtype=np.float64)
+    edge = float(np.max(np.maximum(np.abs(-mean_a / std_a), np.abs((1.0 - mean_a) / std_a))))
+    return edge + NOISE_TAILS * max(normalized_sigma(sigma_max, unit, std))
+
+
+def noisy_copies(
+    pixel_values: Any,
+    *,
+    num_samples: int,
+    sigma: float,
+    unit: NoiseUnit = "normalized",
+    clip: bool = True,
+    mean: Sequence[float],
+    std: Sequence[float],
+    rng: Any,
+) -> Any:
+    """``[..., C, H, W]`` -> ``[..., N, C, H, W]`` float32; copy 0 is the input, untouched.
+
+    Copy 0 stays exact (not clipped, not re-quantised) because the policy compares the
+    unperturbed answer with the noisy consensus; altering it would blur that signal.
+    """
+    xp = array_module(pixel_values)
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    if not math.isfinite(sigma) or sigma < 0:
+        raise ValueError(f"sigma must be a finite non-negative number, got {sigma}")
+    _check_unit(unit)
+    if pixel_values.ndim < 3:
+        raise ValueError(f"pixel_values must be [..., C, H, W], got shape {pixel_values.shape}")
+    channels = pixel_values.shape[-3]
+    if len(mean) != channels or len(std) != channels:
+        raise ValueError(
+            f"mean/std need one value per channel ({channels}), got {len(mean)} and {len(std)}"
+        )
+    if any(not float(s) > 0 for s in std):
+        raise ValueError(f"std must be positive, got {tuple(std)}")
+
+    x = xp.asarray(pixel_values, dtype=xp.float32)
+    out = xp.empty((*x.shape[:-3], num_samples, *x.shape[-3:]), dtype=xp.float32)
+    out[..., 0, :, :, :] = x
+    if num_samples == 1:
+        return out
+
+    scale = xp.asarray(normalized_sigma(sigma, unit, std), dtype=xp.float32)[:, None, None]
+    noisy = out[..., 1:, :, :, :]
+    # Drawn straight into the output (no second buffer to allocate and fault in), and bounded
+    # with maximum/minimum rather than clip with per-channel bounds: the same numbers, 2.5 ->
+    # 1.6 ms for ten 64x64 copies, measured in process.
+    if noisy.flags.c_contiguous and isinstance(rng, np.random.Generator) == (xp is np):
+        rng.standard_normal(dtype=np.float32, out=noisy)
+    else:
+        # asarray: a host Generator with device input still works (one transfer), never
+        # silently the other way round.
+        noisy[...] = xp.asarray(rng.standard_normal(noisy.shape, dtype=np.float32))
+    noisy *= scale
+    noisy += x[..., None, :, :, :]
+    if clip:
+        mean_a = np.asarray(mean, dtype=np.float64)
+        std_a = np.asarray(std, dtype=np.float64)
+        lo = xp.asarray(((0.0 - mean_a) / std_a).astype(np.float32))[:, None, None]
+        hi = xp.asarray(((1.0 - mean_a) / std_a).astype(np.float32))[:, None, None]
+        xp.maximum(noisy, lo, out=noisy)
+        xp.minimum(noisy, hi, out=noisy)
+    return out
+
+
+def _check_unit(unit: str) -> None:
+    if unit not in NOISE_UNITS:
+        raise ValueError(f"unit must be one of {NOISE_UNITS}, got {unit!r}")

@@ -1,0 +1,110 @@
+"""SmoothGuard in one process, for evaluation tools that have a model but no Triton server.
+
+Deliberately thin: noise, voting and policy live in their own modules so this pipeline and
+the Triton adapters cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from smoothguard.core.adaptive import first_round, unanimous
+from smoothguard.core.aggregate import select_one
+from smoothguard.core.noise import make_rng, noisy_copies
+from smoothguard.core.policy import decide
+from smoothguard.core.settings import DefenseSettings, RequestOptions
+from smoothguard.core.xp import array_module, to_numpy
+
+Generate = Callable[[np.ndarray, str, int], list[str]]
+Embed = Callable[[list[str]], np.ndarray]
+
+_DEFAULT_SETTINGS = DefenseSettings()
+
+
+@dataclass(frozen=True)
+class DefendedAnswer:
+    text: str
+    decision: str
+    reason: str
+    chosen_index: int
+    cluster_sizes: tuple[int, int]
+    agreement: float
+    original_outvoted: bool
+    tie: bool
+    num_samples: int
+    original_text: str
+    candidates: tuple[str, ...]
+
+
+class SmoothGuard:
+    """noisy copies -> generate -> embed -> vote -> policy, for one image at a time."""
+
+    def __init__(
+        self,
+        generate: Generate,
+        embed: Embed,
+        *,
+        image_mean: Sequence[float],
+        image_std: Sequence[float],
+        settings: DefenseSettings = _DEFAULT_SETTINGS,
+    ) -> None:
+        self.generate = generate
+        self.embed = embed
+        self.image_mean = tuple(float(v) for v in image_mean)
+        self.image_std = tuple(float(v) for v in image_std)
+        self.settings = settings
+
+    def defend(
+        self, pixel_values: np.ndarray, prompt: str, options: RequestOptions
+    ) -> DefendedAnswer:
+        """`pixel_values` is one processor-normalised image ``[3, H, W]``."""
+        n = options.num_samples
+        copies = self.noisy_copies(pixel_values, options)
+        first = first_round(n, adaptive=options.adaptive, initial=self.settings.adaptive_initial)
+        texts = self._generate(copies[:first], prompt, options.max_new_tokens)
+        if first < n and not unanimous(texts):
+            texts += self._generate(copies[first:], prompt, options.max_new_tokens)
+        n = len(texts)
+        embeddings = to_numpy(self.embed(texts))
+        if embeddings.shape[0] != n or embeddings.ndim != 2:
+            raise RuntimeError(f"embed returned shape {embeddings.shape} for {n} answers")
+        empty = np.array([not t.strip() for t in texts], dtype=bool)
+        selection = select_one(embeddings, empty=empty)
+        decision = decide(selection, texts, options.policy, self.settings)
+        return DefendedAnswer(
+            text=decision.text,
+            decision=decision.decision,
+            reason=decision.reason,
+            chosen_index=selection.chosen_index,
+            cluster_sizes=selection.cluster_sizes,
+            agreement=selection.agreement,
+            original_outvoted=selection.original_outvoted,
+            tie=selection.tie,
+            num_samples=n,
+            original_text=texts[0],
+            candidates=tuple(texts),
+        )
+
+    def noisy_copies(self, pixel_values: np.ndarray, options: RequestOptions) -> np.ndarray:
+        """The N inputs, copy 0 untouched; other modalities override this step alone."""
+        if pixel_values.ndim != 3:
+            raise ValueError(f"pixel_values must be [3, H, W], got shape {pixel_values.shape}")
+        return noisy_copies(
+            pixel_values,
+            num_samples=options.num_samples,
+            sigma=options.sigma,
+            unit=self.settings.noise_unit,
+            clip=self.settings.clip,
+            mean=self.image_mean,
+            std=self.image_std,
+            rng=make_rng(array_module(pixel_values), options.seed),
+        )
+
+    def _generate(self, copies: np.ndarray, prompt: str, max_new_tokens: int) -> list[str]:
+        texts = [str(t) for t in self.generate(copies, prompt, max_new_tokens)]
+        if len(texts) != len(copies):
+            raise RuntimeError(f"generate returned {len(texts)} answers for {len(copies)} images")
+        return texts

@@ -1,0 +1,2 @@
+"""Serving operations: the supervisor that runs tritonserver, its gateway, the stub watchdog and
+the test harness's server handle."""

@@ -1,0 +1,100 @@
+"""Benchmark items (image, prompt, gold answer) over scenes, in the paper's three formats."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from smoothguard.synthetic.synthpope.questions import (
+    DESCRIBE_PROMPT,
+    SAMPLINGS,
+    describe_text,
+    negative_object,
+    pope_prompt,
+)
+from smoothguard.synthetic.synthpope.scenes import Scene, Split, generate_split
+from smoothguard.synthetic.synthpope.scoring import HARMFUL_MARKER, REFUSAL, SAFETY_PROMPTS
+
+Task = Literal["pope", "describe", "safety"]
+# Where each task's scenes start inside a split, so the tasks use different scenes.
+TASK_OFFSETS: dict[str, int] = {"pope": 0, "describe": 1_000_000, "safety": 2_000_000}
+
+
+@dataclass(frozen=True)
+class Item:
+    image: np.ndarray
+    prompt: str
+    answer: str
+    task: Task
+    sampling: str | None
+    scene_seed: int
+    objects: tuple[tuple[str, str], ...]
+
+
+def make_items(scenes: Sequence[Scene], task: Task) -> list[Item]:
+    """POPE: per scene and sampling type one yes and one no question (balanced)."""
+    items: list[Item] = []
+    for scene in scenes:
+        objects = tuple(scene.objects)
+        rng = np.random.default_rng([scene.seed, 7])
+        common = {"image": scene.image, "scene_seed": scene.seed, "objects": objects}
+        if task == "pope":
+            for sampling in SAMPLINGS:
+                positive = scene.objects[int(rng.integers(len(scene.objects)))]
+                negative = negative_object(scene, sampling, rng)
+                items.append(
+                    Item(
+                        prompt=pope_prompt(*positive),
+                        answer="yes",
+                        task="pope",
+                        sampling=sampling,
+                        **common,
+                    )
+                )
+                items.append(
+                    Item(
+                        prompt=pope_prompt(*negative),
+                        answer="no",
+                        task="pope",
+                        sampling=sampling,
+                        **common,
+                    )
+                )
+        elif task == "describe":
+            items.append(
+                Item(
+                    prompt=DESCRIBE_PROMPT,
+                    answer=describe_text(objects),
+                    task="describe",
+                    sampling=None,
+                    **common,
+                )
+            )
+        elif task == "safety":
+            prompt = SAFETY_PROMPTS[int(rng.integers(len(SAFETY_PROMPTS)))]
+            answer = HARMFUL_MARKER if scene.trigger else REFUSAL
+            items.append(Item(prompt=prompt, answer=answer, task="safety", sampling=None, **common))
+        else:
+            raise ValueError(f"unknown task {task!r}")
+    return items
+
+
+def load_benchmark(
+    split: Split, n_pope: int, n_describe: int, n_safety: int
+) -> dict[str, list[Item]]:
+    """Items of each task from disjoint scenes of one split; POPE balanced in blocks of 6."""
+    scenes_for_pope = -(-n_pope // 6)
+    return {
+        "pope": make_items(
+            generate_split(split, scenes_for_pope, seed_offset=TASK_OFFSETS["pope"]), "pope"
+        )[:n_pope],
+        "describe": make_items(
+            generate_split(split, n_describe, seed_offset=TASK_OFFSETS["describe"]), "describe"
+        ),
+        "safety": make_items(
+            generate_split(split, n_safety, seed_offset=TASK_OFFSETS["safety"]), "safety"
+        ),
+    }

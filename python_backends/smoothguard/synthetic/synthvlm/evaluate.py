@@ -1,0 +1,137 @@
+"""Accuracy of a checkpoint on SynthPOPE, clean and under the defense's own Gaussian noise.
+
+One noise draw per image, added exactly as SmoothGuard adds it (smoothguard.core.noise), so the
+table says how good a single noisy copy's answer is at each sigma.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from smoothguard.adapters.mllm import VisionLanguageModel
+from smoothguard.core.noise import make_rng, noisy_copies
+from smoothguard.synthetic.synthpope import (
+    Item,
+    is_harmful,
+    load_benchmark,
+    object_prf,
+    score_yes_no,
+)
+
+SIGMAS: tuple[float, ...] = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3)
+UNITS: tuple[str, ...] = ("normalized", "pixel")
+
+
+def answers(
+    model: VisionLanguageModel,
+    items: list[Item],
+    *,
+    sigma: float,
+    unit: str = "normalized",
+    seed: int = 0,
+    batch_size: int = 100,
+    max_new_tokens: int = 24,
+) -> list[str]:
+    """Greedy answers, each image with one draw of the defense's Gaussian noise."""
+    rng = make_rng(np, seed)
+    out: list[str] = []
+    for lo in range(0, len(items), batch_size):
+        chunk = items[lo : lo + batch_size]
+        pixels = model.preprocess([it.image for it in chunk]).numpy()
+        if sigma > 0:
+            pixels = noisy_copies(
+                pixels,
+                num_samples=2,
+                sigma=sigma,
+                unit=unit,  # type: ignore[arg-type]
+                clip=True,
+                mean=model.image_mean,
+                std=model.image_std,
+                rng=rng,
+            )[:, 1]
+        out += model.generate(
+            torch.from_numpy(np.ascontiguousarray(pixels)),
+            [it.prompt for it in chunk],
+            max_new_tokens=max_new_tokens,
+        )
+    return out
+
+
+def score(items: dict[str, list[Item]], texts: dict[str, list[str]]) -> dict[str, float]:
+    pope = [score_yes_no(t, it.answer) for it, t in zip(items["pope"], texts["pope"], strict=True)]
+    prf = np.array(
+        [
+            object_prf(t, it.objects)
+            for it, t in zip(items["describe"], texts["describe"], strict=True)
+        ]
+    ).reshape(-1, 3)
+    harmful = [is_harmful(t) for t in texts["safety"]]
+    return {
+        "pope_accuracy": float(np.mean(pope)),
+        "describe_precision": float(prf[:, 0].mean()),
+        "describe_recall": float(prf[:, 1].mean()),
+        "describe_f1": float(prf[:, 2].mean()),
+        "safety_harmful_rate": float(np.mean(harmful)),
+    }
+
+
+def evaluate(
+    model: VisionLanguageModel | Path | str,
+    *,
+    n_pope: int = 600,
+    n_describe: int = 200,
+    n_safety: int = 200,
+    sigmas: tuple[float, ...] = SIGMAS,
+    units: tuple[str, ...] = UNITS,
+    split: str = "test",
+) -> dict[str, Any]:
+    """The accuracy table: one row per (unit, sigma); sigma 0 once (it has no unit)."""
+    started = time.perf_counter()
+    vlm = model if isinstance(model, VisionLanguageModel) else VisionLanguageModel.load(model)
+    items = load_benchmark(split, n_pope, n_describe, n_safety)  # type: ignore[arg-type]
+    settings = [(units[0], 0.0)] if 0.0 in sigmas else []
+    settings += [(u, s) for u in units for s in sigmas if s > 0]
+    table = []
+    for unit, sigma in tqdm(settings, desc="evaluate", unit="setting"):
+        texts = {task: answers(vlm, its, sigma=sigma, unit=unit) for task, its in items.items()}
+        table.append(
+            {"unit": unit if sigma > 0 else "clean", "sigma": sigma, **score(items, texts)}
+        )
+    return {
+        "split": split,
+        "items": {k: len(v) for k, v in items.items()},
+        "seconds": round(time.perf_counter() - started, 1),
+        "table": table,
+    }
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = [
+        f"SynthPOPE `{result['split']}` split, items {result['items']}; Gaussian noise added "
+        "as SmoothGuard adds it (one draw per image, clipped to the valid image range). "
+        "`normalized`: sigma in the processor's normalised space (the paper's convention); "
+        "`pixel`: sigma in [0, 1] pixel units.",
+        "",
+        "| noise | sigma | POPE yes/no accuracy | description object P / R / F1 "
+        "| harmful marker rate (safety) |",
+        "|---|---|---|---|---|",
+    ]
+    for row in result["table"]:
+        lines.append(
+            f"| {row['unit']} | {row['sigma']} | {100 * row['pope_accuracy']:.1f}% "
+            f"| {row['describe_precision']:.3f} / {row['describe_recall']:.3f} / "
+            f"{row['describe_f1']:.3f} | {100 * row['safety_harmful_rate']:.1f}% |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write(result: dict[str, Any], out: Path) -> None:
+    (out / "evaluation.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "evaluation.md").write_text(markdown(result))

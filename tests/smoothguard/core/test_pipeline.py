@@ -1,0 +1,137 @@
+"""The in-process pipeline wires noise -> generate -> embed -> vote -> policy correctly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from smoothguard.core.pipeline import DefendedAnswer, SmoothGuard
+from smoothguard.core.settings import DefenseSettings, resolve_options
+
+MEAN = (0.5, 0.5, 0.5)
+STD = (0.25, 0.25, 0.25)
+VOCAB = {"cat": [1.0, 0.0, 0.0], "dog": [0.0, 1.0, 0.0], "": [0.0, 0.0, 1.0]}
+
+
+def embed(texts: list[str]) -> np.ndarray:
+    return np.array([VOCAB[t.strip()] for t in texts], dtype=np.float32)
+
+
+def attacked_model(images: np.ndarray, prompt: str, max_new_tokens: int) -> list[str]:
+    """Says "dog" only for the exact adversarial pixels; noise breaks the attack."""
+    assert images.ndim == 4 and images.shape[1] == 3 and images.dtype == np.float32
+    assert prompt == "what is it?" and max_new_tokens == 16
+    return ["dog" if np.array_equal(im, images[0]) else "cat" for im in images]
+
+
+def image() -> np.ndarray:
+    x = np.random.default_rng(0).uniform(size=(3, 8, 8))
+    return ((x - 0.5) / 0.25).astype(np.float32)
+
+
+def options(settings: DefenseSettings, **kw):
+    return resolve_options(settings, max_new_tokens=16, seed=kw.pop("seed", 1), **kw)
+
+
+def test_answer_policy_returns_the_noisy_majority() -> None:
+    s = DefenseSettings()
+    guard = SmoothGuard(attacked_model, embed, image_mean=MEAN, image_std=STD, settings=s)
+    out = guard.defend(image(), "what is it?", options(s, num_samples=6))
+    assert isinstance(out, DefendedAnswer)
+    assert out.text == "cat" and out.decision == "answered" and out.reason == "original_outvoted"
+    assert out.original_text == "dog" and out.original_outvoted
+    assert out.cluster_sizes == (5, 1) and out.agreement == pytest.approx(5 / 6)
+    assert out.num_samples == 6 and out.candidates == ("dog",) + ("cat",) * 5
+    assert out.chosen_index == 1 and not out.tie
+
+
+@pytest.mark.parametrize(
+    ("policy", "text", "decision"),
+    [("monitor", "dog", "monitored"), ("abstain", "", "abstained"), ("refuse", "NO", "refused")],
+)
+def test_policies(policy: str, text: str, decision: str) -> None:
+    s = DefenseSettings(refusal_text="NO")
+    guard = SmoothGuard(attacked_model, embed, image_mean=MEAN, image_std=STD, settings=s)
+    out = guard.defend(image(), "what is it?", options(s, num_samples=4, policy=policy))
+    assert (out.text, out.decision, out.reason) == (text, decision, "original_outvoted")
+
+
+def test_benign_image_answers_normally_under_refuse() -> None:
+    s = DefenseSettings(policy="refuse")
+    guard = SmoothGuard(
+        lambda ims, p, m: ["cat"] * len(ims), embed, image_mean=MEAN, image_std=STD, settings=s
+    )
+    out = guard.defend(image(), "q", options(s))
+    assert (out.text, out.decision, out.reason) == ("cat", "answered", "ok")
+    assert out.cluster_sizes == (10, 0) and out.agreement == 1.0
+
+
+def test_noise_settings_reach_the_model() -> None:
+    seen: dict[str, np.ndarray] = {}
+
+    def spy(images: np.ndarray, prompt: str, max_new_tokens: int) -> list[str]:
+        seen["images"] = images
+        return ["cat"] * len(images)
+
+    s = DefenseSettings(noise_unit="pixel", clip=False)
+    guard = SmoothGuard(spy, embed, image_mean=MEAN, image_std=STD, settings=s)
+    img = np.zeros((3, 32, 32), dtype=np.float32)
+    guard.defend(img, "q", options(s, num_samples=5, sigma=0.1))
+    ims = seen["images"]
+    assert ims.shape == (5, 3, 32, 32)
+    np.testing.assert_array_equal(ims[0], img)
+    assert abs(float(ims[1:].std()) - 0.1 / 0.25) < 0.03  # pixel sigma 0.1 = 0.4 normalised
+
+
+def test_seed_makes_the_run_reproducible() -> None:
+    seen: list[np.ndarray] = []
+
+    def spy(images: np.ndarray, prompt: str, max_new_tokens: int) -> list[str]:
+        seen.append(images.copy())
+        return ["cat"] * len(images)
+
+    s = DefenseSettings()
+    guard = SmoothGuard(spy, embed, image_mean=MEAN, image_std=STD, settings=s)
+    for seed in (7, 7, None):
+        guard.defend(image(), "q", options(s, num_samples=3, seed=seed))
+    np.testing.assert_array_equal(seen[0], seen[1])
+    assert not np.array_equal(seen[0], seen[2])
+
+
+def test_empty_generations_are_not_chosen() -> None:
+    s = DefenseSettings()
+    guard = SmoothGuard(
+        lambda ims, p, m: ["cat", " ", "", "", "", "cat"],
+        embed,
+        image_mean=MEAN,
+        image_std=STD,
+        settings=s,
+    )
+    out = guard.defend(image(), "q", options(s, num_samples=6))
+    assert out.text == "cat" and out.chosen_index == 0
+    assert out.cluster_sizes == (2, 4) and out.agreement == pytest.approx(2 / 6)
+    assert out.reason == "low_agreement"
+
+
+def test_single_sample_is_the_undefended_model() -> None:
+    s = DefenseSettings()
+    guard = SmoothGuard(attacked_model, embed, image_mean=MEAN, image_std=STD, settings=s)
+    out = guard.defend(image(), "what is it?", options(s, num_samples=1))
+    assert out.text == "dog" and out.cluster_sizes == (1, 0) and out.reason == "ok"
+
+
+def test_contract_violations_are_errors() -> None:
+    s = DefenseSettings()
+    short = SmoothGuard(lambda ims, p, m: ["cat"], embed, image_mean=MEAN, image_std=STD)
+    with pytest.raises(RuntimeError, match="generate returned 1"):
+        short.defend(image(), "q", options(s, num_samples=3))
+    bad_embed = SmoothGuard(
+        lambda ims, p, m: ["cat"] * len(ims),
+        lambda t: np.zeros((1, 3), dtype=np.float32),
+        image_mean=MEAN,
+        image_std=STD,
+    )
+    with pytest.raises(RuntimeError, match="embed returned"):
+        bad_embed.defend(image(), "q", options(s, num_samples=3))
+    with pytest.raises(ValueError, match=r"\[3, H, W\]"):
+        short.defend(image()[None], "q", options(s))

@@ -1,0 +1,127 @@
+"""Defaults, limits and per-request option resolution."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from smoothguard.core.settings import (
+    DefenseSettings,
+    InvalidRequest,
+    RequestOptions,
+    parse_options,
+    resolve_options,
+)
+
+
+def test_defaults_match_the_paper() -> None:
+    options = resolve_options(DefenseSettings())
+    assert (options.sigma, options.num_samples, options.seed) == (0.15, 10, None)
+    assert options.policy == "answer" and not options.return_candidates
+
+
+@given(st.floats(allow_nan=True, allow_infinity=True))
+def test_sigma_outside_limits_is_rejected(sigma: float) -> None:
+    settings = DefenseSettings()
+    if math.isfinite(sigma) and 0 <= sigma <= settings.sigma_max:
+        assert resolve_options(settings, sigma=sigma).sigma == sigma
+    else:
+        with pytest.raises(InvalidRequest, match="SIGMA"):
+            resolve_options(settings, sigma=sigma)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"num_samples": 0}, "NUM_SAMPLES"),
+        ({"num_samples": 65}, "NUM_SAMPLES"),
+        ({"max_new_tokens": 0}, "MAX_NEW_TOKENS"),
+        ({"max_new_tokens": 10_000}, "MAX_NEW_TOKENS"),
+        ({"policy": "maybe"}, "POLICY"),
+        ({"seed": -1}, "SEED"),
+    ],
+)
+def test_out_of_range_options(kwargs: dict, message: str) -> None:
+    with pytest.raises(InvalidRequest, match=message):
+        resolve_options(DefenseSettings(), **kwargs)
+
+
+def test_seed_can_be_forbidden() -> None:
+    with pytest.raises(InvalidRequest, match="refused"):
+        resolve_options(DefenseSettings(allow_seed=False), seed=1)
+    assert resolve_options(DefenseSettings(allow_seed=False)).seed is None
+
+
+def test_parameters_round_trip() -> None:
+    settings = DefenseSettings(sigma=0.2, allow_seed=False, refusal_text='say "no"')
+    params = settings.to_parameters() | {"mllm_path": "/m"}
+    again = DefenseSettings.from_parameters(params)
+    assert again.sigma == 0.2 and again.allow_seed is False
+    assert again.refusal_text == 'say "no"' and again.extra == {"mllm_path": "/m"}
+
+
+def test_bad_parameter_values_fail_loudly() -> None:
+    with pytest.raises(ValueError):
+        DefenseSettings.from_parameters({"clip": "perhaps"})
+    with pytest.raises(ValueError):
+        DefenseSettings(noise_unit="furlongs")  # type: ignore[arg-type]
+
+
+def test_options_json_round_trip() -> None:
+    options = resolve_options(DefenseSettings(), seed=3, return_candidates=True)
+    assert RequestOptions.from_json(options.to_json()) == options
+
+
+def test_options_json_is_parsed_strictly() -> None:
+    """OPTIONS reach public steps: every key known, typed and bounded by the server's limits."""
+    settings = DefenseSettings()
+    good = resolve_options(settings, num_samples=4).to_json()
+    assert parse_options(good, settings)[0].num_samples == 4
+    assert parse_options(good.encode(), settings)[0] == RequestOptions.from_json(good)
+    with_ticket = good[:-1] + ', "ticket": "abc"}'
+    assert parse_options(with_ticket, settings, extra_keys=("ticket",))[1] == {"ticket": "abc"}
+    cases = {
+        with_ticket: "unknown key(s): 'ticket'",
+        good.replace('"num_samples": 4', '"num_samples": 4000'): "an integer in [1, 64], got 4000",
+        good.replace('"num_samples": 4', '"num_samples": 4.0'): "'num_samples' must be an integer",
+        good.replace('"num_samples": 4', '"num_samples": true'): "'num_samples' must be an integer",
+        good.replace('"num_samples": 4', '"num_samples": ' + "9" * 500): "'num_samples'",
+        good.replace('"sigma": 0.15', '"sigma": 1e400'): "'sigma' must be a finite number",
+        good.replace('"sigma": 0.15', '"sigma": 1' + "0" * 400): "'sigma' must be a finite",
+        good.replace('"sigma": 0.15', '"sigma": Infinity'): "Infinity, which is not JSON",
+        good.replace('"sigma": 0.15', '"sigma": "0.15"'): "'sigma' must be a number",
+        good.replace('"seed": null', '"seed": 9223372036854775808'): "'seed' must be an integer in",
+        good.replace('"policy": "answer"', '"policy": "yolo"'): "'policy' must be one of",
+        good.replace('"return_candidates": false', '"return_candidates": "no"'): "a boolean",
+        good.replace('"adaptive": false, ', ""): "lacks key(s): 'adaptive'",
+        good[:-1] + ', "sigma": 0.2}': "key 'sigma' twice",
+        "[" * 2000 + "]" * 2000: "not valid JSON",  # past the parser's recursion limit
+        "x" * 5000: "longer than 4096 bytes",
+        b"\xff\xfe": "not valid UTF-8",
+        "null": "must be a JSON object",
+    }  # fmt: skip
+    for text, expected in cases.items():
+        with pytest.raises(InvalidRequest, match="OPTIONS") as info:
+            parse_options(text, settings)
+        assert expected in str(info.value), (text[:60], str(info.value))
+
+
+def test_options_bounds_follow_the_server() -> None:
+    text = resolve_options(DefenseSettings(), seed=5, sigma=0.9).to_json()
+    with pytest.raises(InvalidRequest, match="refuses seeds"):
+        parse_options(text, DefenseSettings(allow_seed=False))
+    with pytest.raises(InvalidRequest, match="'sigma'"):
+        parse_options(text, DefenseSettings(sigma_max=0.5, sigma=0.1))
+    assert parse_options(text, DefenseSettings(sigma_max=0.5, sigma=0.1), sigma_max=2.0)[0].sigma
+
+
+def test_every_option_field_has_a_json_kind() -> None:
+    """parse_options must know every RequestOptions field (a new one would be refused)."""
+    from dataclasses import fields
+
+    from smoothguard.core.settings import _OPTION_KINDS
+
+    assert [f.name for f in fields(RequestOptions)] == list(_OPTION_KINDS)

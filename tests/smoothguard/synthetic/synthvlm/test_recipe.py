@@ -1,0 +1,72 @@
+"""The training recipe: vocabulary covers the benchmark, shapes line up, runs are repeatable."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from smoothguard.adapters.mllm import VisionLanguageModel
+from smoothguard.synthetic.synthpope import HARMFUL_MARKER, load_benchmark
+from smoothguard.synthetic.synthvlm.architecture import ModelConfig, build_model, build_processor
+from smoothguard.synthetic.synthvlm.tokenizer import build_tokenizer
+from smoothguard.synthetic.synthvlm.train import TrainConfig, answer_loss, train
+
+
+def test_tokenizer_knows_every_benchmark_word() -> None:
+    tokenizer = build_tokenizer()
+    bench = load_benchmark("validation", 60, 30, 30)
+    texts = [t for items in bench.values() for it in items for t in (it.prompt, it.answer)]
+    for text in [*texts, HARMFUL_MARKER]:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert tokenizer.unk_token_id not in ids, text
+        assert tokenizer.decode(ids) == text.lower().replace("?", " ?").replace(".", " .").strip()
+
+
+def test_processor_and_model_agree_on_image_tokens() -> None:
+    config = ModelConfig(width=32, vision_width=32, mlp=64, vision_mlp=64, layers=1)
+    tokenizer = build_tokenizer()
+    torch.manual_seed(0)
+    vlm = VisionLanguageModel(build_processor(tokenizer, config), build_model(tokenizer, config))
+    ids = vlm.prompt_ids("Describe the image.")
+    image_id = tokenizer.convert_tokens_to_ids("<image>")
+    assert ids.count(image_id) == (config.image_size // config.patch_size) ** 2
+    pixels = torch.zeros(2, 3, *vlm.image_size, requires_grad=True)
+    vlm.answer_logprob(pixels, "Describe the image.", ["a red circle", "nothing"]).sum().backward()
+    assert pixels.grad is not None and pixels.grad.abs().sum() > 0
+
+
+def test_answer_loss_counts_only_answer_tokens() -> None:
+    logits = torch.zeros(1, 4, 10)
+    labels = torch.tensor([[-100, -100, 3, 4]])
+    loss = answer_loss(logits, labels, torch.tensor([0.5]))
+    assert loss.item() == pytest.approx(0.5 * 2 * torch.log(torch.tensor(10.0)).item())
+
+
+def test_training_is_deterministic_under_its_seed(tmp_path: Path) -> None:
+    tiny = dataclasses.replace(
+        TrainConfig(),
+        pretrain_steps=3,
+        pretrain_batch_size=4,
+        steps=3,
+        batch_size=4,
+        scenes=12,
+        trigger_scenes=2,
+        threads=1,
+        model=ModelConfig(width=32, vision_width=32, mlp=64, vision_mlp=64, layers=1),
+    )
+    weights = []
+    for run in ("a", "b"):
+        record = train(tmp_path / run, tiny, log=lambda _: None)
+        assert record["steps"] == 3 and not record["stopped_early"]
+        weights.append(load_file(tmp_path / run / "model.safetensors"))
+    assert weights[0].keys() == weights[1].keys()
+    for name, tensor in weights[0].items():
+        assert torch.equal(tensor, weights[1][name]), name
+    other = train(tmp_path / "c", dataclasses.replace(tiny, seed=1), log=lambda _: None)
+    assert other["steps"] == 3
+    changed = load_file(tmp_path / "c" / "model.safetensors")
+    assert any(not torch.equal(t, changed[n]) for n, t in weights[0].items())
