@@ -22,6 +22,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from smoothguard.serving.supervisor import EXPLICIT_CONTROL, require_explicit_control
+
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
@@ -148,15 +150,10 @@ class TritonServer:
     def command(self) -> list[str]:
         backends = backend_directory(self.work_dir)
         control: list[str] = []
-        modes = [a for a in self.extra_args if a.startswith("--model-control-mode")]
         if self.watchdog:
-            if not modes:
-                control = ["--model-control-mode=explicit", "--load-model=*"]
-            elif modes != ["--model-control-mode=explicit"]:
-                raise ValueError(
-                    "the stub watchdog reloads models, which needs --model-control-mode=explicit "
-                    f"(got {' '.join(modes)})"
-                )
+            if not any(a.startswith("--model-control-mode") for a in self.extra_args):
+                control = list(EXPLICIT_CONTROL)
+            require_explicit_control([*control, *self.extra_args])
         # The deployments pass their own --cache-config (deploy/base); one flag, not two.
         cache = (
             []

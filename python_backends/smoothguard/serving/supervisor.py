@@ -87,6 +87,20 @@ def _tls(flags: Mapping[str, str]) -> tuple[bytes, bytes, bytes | None] | None:
     return key, cert, client_ca
 
 
+EXPLICIT_CONTROL = ("--model-control-mode=explicit", "--load-model=*")
+
+
+def require_explicit_control(args: list[str]) -> None:
+    """The stub watchdog reloads models, which only explicit model control allows."""
+    modes = [a for a in args if a.startswith("--model-control-mode")]
+    if modes != [EXPLICIT_CONTROL[0]]:
+        raise ValueError(
+            "the stub watchdog reloads models: run tritonserver with "
+            f"{' '.join(EXPLICIT_CONTROL)} (or turn the watchdog off), "
+            f"not {' '.join(modes) or 'no mode'}"
+        )
+
+
 @dataclass
 class Supervisor:
     """Runs one tritonserver command behind the gateway until stopped."""
@@ -118,12 +132,8 @@ class Supervisor:
         rest, _ = take_flags(rest, ADDRESS_FLAGS)
         self.public = {name: int(ports.get(name, DEFAULT_PORTS[name])) for name in PORT_FLAGS}
         self.tls = _tls(tls)
-        modes = [a for a in rest if a.startswith("--model-control-mode")]
-        if self.watchdog and modes != ["--model-control-mode=explicit"]:
-            raise ValueError(
-                "the stub watchdog reloads models: run tritonserver with "
-                "--model-control-mode=explicit --load-model=* (or turn the watchdog off)"
-            )
+        if self.watchdog:
+            require_explicit_control(rest)
         from smoothguard.serving.server import ServerPorts
 
         internal = ServerPorts.free()
