@@ -25,8 +25,8 @@ import torch
 from smoothguard.adapters.mllm import VisionLanguageModel
 from smoothguard.core.noise import normalized_sigma
 from smoothguard.core.settings import NOISE_UNITS
+from smoothguard.evaluation.attack_runs import saved_attacks, saved_config
 from smoothguard.evaluation.report import write_results
-from smoothguard.evaluation.run import saved_attacks, saved_config
 from smoothguard.synthetic.synthpope import load_benchmark
 
 REPO = Path(__file__).resolve().parents[1]

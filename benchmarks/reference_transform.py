@@ -31,17 +31,11 @@ from smoothguard.core.noise import noisy_copies
 from smoothguard.core.pipeline import SmoothGuard
 from smoothguard.core.settings import RequestOptions
 from smoothguard.evaluation.answerers import Answer, InProcessAnswerer
+from smoothguard.evaluation.answering import collect_answers, in_process_answerer
+from smoothguard.evaluation.attack_runs import saved_attacks, saved_config
+from smoothguard.evaluation.config import EvalConfig
 from smoothguard.evaluation.report import write_results
-from smoothguard.evaluation.run import (
-    EvalConfig,
-    Scorer,
-    attack_success,
-    collect_answers,
-    fraction,
-    in_process_answerer,
-    saved_attacks,
-    saved_config,
-)
+from smoothguard.evaluation.scoring import Scorer, attack_success, fraction
 from smoothguard.synthetic.synthpope import load_benchmark
 
 REPO = Path(__file__).resolve().parents[1]

@@ -18,11 +18,9 @@ latency_vs_throughput.png.
 from __future__ import annotations
 
 import argparse
-import csv
 import functools
 import json
 import platform
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -33,14 +31,12 @@ import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "build"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import perf  # noqa: E402
 
 from render import render  # noqa: E402
-from smoothguard.serving.server import (  # noqa: E402
-    ServerPorts,
-    TritonServer,
-    perf_analyzer_binary,
-    perf_analyzer_environment,
-)
+from smoothguard.serving.server import ServerPorts, TritonServer  # noqa: E402
 
 
 def workload(n_items: int) -> list[tuple[np.ndarray, str]]:
@@ -88,63 +84,23 @@ def run_perf_analyzer(
 ) -> dict[str, float]:
     """One perf_analyzer measurement. A window that never settles (a noisy shared machine)
     is measured again once with windows twice as long, rather than losing the whole run."""
-    stem = f"perf_{label.replace(' ', '_')}_c{concurrency}"
-    csv_path = out_dir / f"{stem}.csv"
+    csv_path = out_dir / f"perf_{label.replace(' ', '_')}_c{concurrency}.csv"
     window = max(requests, 2 * concurrency)
     for attempt in (1, 2):
-        csv_path.unlink(missing_ok=True)
-        command = [
-            perf_analyzer_binary(),
-            "-m",
-            model,
-            "-i",
-            "grpc",
-            "-u",
-            url,
-            "--input-data",
-            str(data),
-            "--concurrency-range",
-            str(concurrency),
-            "--measurement-mode",
-            "count_windows",
-            "--measurement-request-count",
-            str(window),
-            "--max-trials",
-            "6",
-            "--stability-percentage",
-            "100",
-            "-f",
-            str(csv_path),
-            "--percentile",
-            "50",
-        ]
-        done = subprocess.run(
-            command, env=perf_analyzer_environment(), capture_output=True, text=True, timeout=1800
-        )
-        (out_dir / f"{stem}.log").write_text(done.stdout + done.stderr)
-        if done.returncode == 0 and csv_path.exists():
+        options = ["--measurement-mode", "count_windows", "--measurement-request-count"]
+        options += [str(window), "--max-trials", "6", "--stability-percentage", "100"]
+        done = perf.run(model, url, data, concurrency, csv_path, options, timeout_s=1800)
+        if done.returncode == 0 and done.stats is not None:
+            return {"concurrency": concurrency, "window_requests": window, **done.stats}
+        if attempt == 2 or "stable measurement" not in done.stdout + done.stderr:
             break
-        unstable = "stable measurement" in done.stdout + done.stderr
-        if attempt == 1 and unstable:
-            print(
-                f"{label} c={concurrency}: no stable measurement, again with {2 * window}-request "
-                "windows",
-                flush=True,
-            )
-            window *= 2
-            continue
-        raise RuntimeError(f"perf_analyzer failed for {label} c={concurrency}:\n{done.stderr}")
-    with csv_path.open() as handle:
-        row = next(csv.DictReader(handle))
-    return {
-        "concurrency": concurrency,
-        "window_requests": window,
-        "throughput_rps": float(row["Inferences/Second"]),
-        "p50_ms": float(row["p50 latency"]) / 1000,
-        "p90_ms": float(row["p90 latency"]) / 1000,
-        "p95_ms": float(row["p95 latency"]) / 1000,
-        "p99_ms": float(row["p99 latency"]) / 1000,
-    }
+        print(
+            f"{label} c={concurrency}: no stable measurement, again with {2 * window}-request "
+            "windows",
+            flush=True,
+        )
+        window *= 2
+    raise RuntimeError(f"perf_analyzer failed for {label} c={concurrency}:\n{done.stderr}")
 
 
 class InProcess:

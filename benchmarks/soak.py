@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import json
 import re
-import subprocess
 import sys
 import threading
 import time
@@ -36,15 +34,11 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "build"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import perf  # noqa: E402
 from serving_bench import perf_input_file, workload  # noqa: E402
 
 from render import render  # noqa: E402
-from smoothguard.serving.server import (  # noqa: E402
-    ServerPorts,
-    TritonServer,
-    perf_analyzer_binary,
-    perf_analyzer_environment,
-)
+from smoothguard.serving.server import ServerPorts, TritonServer  # noqa: E402
 
 NUM_SAMPLES = (2, 4, 6, 10)
 SIGMAS = (0.05, 0.1, 0.15, 0.2)
@@ -89,58 +83,24 @@ def request_counts(metrics_url: str) -> dict[str, float]:
 def perf_analyzer(url: str, data: Path, concurrency: int, out: Path, **mode: Any) -> dict:
     """One perf_analyzer run; `mode` is request_count=N or window_ms=W (three windows)."""
     name = "warmup" if "request_count" in mode else "soak"
-    csv_path, export = out / f"perf_{name}.csv", out / f"perf_{name}_export.json"
-    command = [
-        perf_analyzer_binary(), "-m", MODEL, "-i", "grpc", "-u", url, "--input-data", str(data),
-        "--concurrency-range", str(concurrency), "-f", str(csv_path), "--percentile", "50",
-        "--profile-export-file", str(export),
-    ]  # fmt: skip
+    export = out / f"perf_{name}_export.json"
+    options = ["--profile-export-file", str(export)]
     if "request_count" in mode:
-        command += ["--request-count", str(mode["request_count"])]
+        options += ["--request-count", str(mode["request_count"])]
         limit = 900.0
     else:
         window = int(mode["window_ms"])
         # Three windows and a stability bound nothing can miss: it runs 3 x window, then stops.
-        command += ["--measurement-mode", "time_windows", "--measurement-interval", str(window)]
-        command += ["--max-trials", "3", "--stability-percentage", "999"]
+        options += ["--measurement-mode", "time_windows", "--measurement-interval", str(window)]
+        options += ["--max-trials", "3", "--stability-percentage", "999"]
         limit = 3 * window / 1000 + 600
-    started = time.monotonic()
-    done = subprocess.run(
-        command, env=perf_analyzer_environment(), capture_output=True, text=True, timeout=limit
-    )
-    (out / f"perf_{name}.log").write_text(done.stdout + done.stderr)
-    row: dict[str, Any] = {"returncode": done.returncode, "wall_s": time.monotonic() - started}
-    if csv_path.exists():
-        with csv_path.open() as handle:
-            stats = next(csv.DictReader(handle), None)
-        if stats:
-            row["throughput_rps"] = float(stats["Inferences/Second"])
-            for p in ("p50", "p90", "p95", "p99"):
-                row[f"{p}_ms"] = float(stats[f"{p} latency"]) / 1000
-    row.update(export_summary(export))
+    done = perf.run(MODEL, url, data, concurrency, out / f"perf_{name}.csv", options, limit)
+    row: dict[str, Any] = {"returncode": done.returncode, "wall_s": done.wall_s}
+    row.update(done.stats or {})
+    row.update(perf.export_summary(export))
     if done.returncode != 0:
         row["error"] = (done.stderr or done.stdout)[-2000:]
     return row
-
-
-def export_summary(path: Path) -> dict[str, Any]:
-    """Request count and latency spread from perf_analyzer's per-request export."""
-    if not path.exists():
-        return {}
-    latencies = []
-    for experiment in json.loads(path.read_text()).get("experiments", []):
-        for request in experiment.get("requests", []):
-            responses = request.get("response_timestamps") or []
-            if responses:
-                latencies.append((responses[-1] - request["timestamp"]) / 1e6)
-    if not latencies:
-        return {"requests": 0}
-    latencies.sort()
-    return {
-        "requests": len(latencies),
-        "latency_min_ms": latencies[0],
-        "latency_max_ms": latencies[-1],
-    }
 
 
 class RssSampler(threading.Thread):

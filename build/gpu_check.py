@@ -93,8 +93,8 @@ def check_arrays() -> list[str]:
 def check_models(items: int = 32, num_samples: int = 10) -> list[str]:
     """The cpu profile's default models on CUDA (the mllm steps' `device: gpu`): their answers
     on noisy copies of benchmark inputs against the CPU's, and generate's time on each."""
-    from smoothguard.core import audio
     from smoothguard.adapters.mllm import VisionLanguageModel
+    from smoothguard.core import audio
     from smoothguard.synthetic.synthalm.model import AudioLanguageModel
     from smoothguard.synthetic.synthaudio.dataset import load_benchmark
     from smoothguard.synthetic.synthpope import generate_split

@@ -240,7 +240,7 @@ def check_answers(url: str, profile: dict[str, Any], placement: dict[str, str]) 
     from smoothguard.core.pipeline import SmoothGuard
     from smoothguard.core.settings import DefenseSettings, resolve_options
 
-    settings = DefenseSettings(**profile["defense"])
+    settings = DefenseSettings.from_profile(profile["defense"])
     vlm = VisionLanguageModel.load(MLLM, device="cpu")
     encoder = SentenceEncoder(profile["embedder"]["model_path"])
     pre = ImagePreprocessor.load(MLLM)

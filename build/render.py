@@ -180,7 +180,7 @@ def check_backends(configs: dict[str, Any], backends: list[str]) -> list[str]:
 
 
 def substitutions(profile: dict[str, Any]) -> dict[str, str]:
-    defense = DefenseSettings(**profile["defense"])
+    defense = DefenseSettings.from_profile(profile["defense"])
     mllm, embedder, steps = profile["mllm"], profile["embedder"], profile["steps"]
     values: dict[str, Any] = _flat_values(profile)
     if "runtime" in mllm:

@@ -263,6 +263,60 @@ def _not_ready(error: SmoothGuardError) -> bool:
     return False
 
 
+class _Attempts:
+    """One call's way through its RetryPolicy, so that the sync and async drivers differ only in
+    how they call and how they wait."""
+
+    def __init__(self, policy: RetryPolicy, call: _Call) -> None:
+        self._policy, self._call, self._attempt = policy, call, 0
+
+    def delay_after(self, exc: InferenceServerException) -> float | None:
+        """Seconds to wait before trying again, or None when the policy gives up."""
+        error = SmoothGuardError.from_exception(exc)
+        delay = self._policy.delay_s(self._attempt, error, idempotent=self._call.idempotent)
+        if delay is not None:
+            # One warning per retry, so operators see a flapping server in client logs.
+            log.warning(
+                "%s failed (attempt %d): %s; retrying in %.2f s",
+                self._call.method,
+                self._attempt + 1,
+                error,
+                delay,
+            )
+            self._attempt += 1
+        return delay
+
+    def give_up(self, exc: InferenceServerException) -> Any:
+        """The call's fallback for its last failure (on_error), or that failure raised."""
+        error = SmoothGuardError.from_exception(exc)
+        if self._call.on_error is not None:
+            return self._call.on_error(error)
+        raise error from exc
+
+
+class _ReadinessWait:
+    """wait_until_ready's deadline and verdicts, so both clients only probe and sleep."""
+
+    def __init__(self, url: str, timeout_s: float, poll_s: float) -> None:
+        self._url, self._poll_s = url, poll_s
+        self._deadline = time.monotonic() + timeout_s
+
+    def ready(self, outcome: dict[str, Any] | SmoothGuardError) -> dict[str, Any] | None:
+        """health()'s answer once it says ready, None to poll again; raises when waiting cannot
+        help: a non-retryable error, or no time left for another poll (DEADLINE_EXCEEDED)."""
+        if isinstance(outcome, SmoothGuardError):
+            if not outcome.is_retryable:
+                raise outcome
+            detail = outcome.message
+        elif outcome["ready"]:
+            return outcome
+        else:
+            detail = f"not ready: {outcome['models']}"
+        if time.monotonic() + self._poll_s > self._deadline:
+            raise SmoothGuardError("DEADLINE_EXCEEDED", f"{self._url} {detail}")
+        return None
+
+
 def _normalize_url(url: str, ssl: bool) -> tuple[str, bool]:
     if url.startswith("grpcs://"):
         return url.removeprefix("grpcs://"), True
@@ -446,17 +500,6 @@ class _ClientBase:
         }
 
 
-def _log_retry(call: _Call, attempt: int, error: SmoothGuardError, delay: float) -> None:
-    """One warning per retry, so operators see a flapping server in client logs."""
-    log.warning(
-        "%s failed (attempt %d): %s; retrying in %.2f s", call.method, attempt + 1, error, delay
-    )
-
-
-def _failure(exc: InferenceServerException) -> SmoothGuardError:
-    return SmoothGuardError.from_exception(exc)
-
-
 class SmoothGuardClient(_ClientBase):
     """Blocking client; thread-safe for concurrent ask() calls (gRPC channels are)."""
 
@@ -480,22 +523,16 @@ class SmoothGuardClient(_ClientBase):
         if self._triton is None:
             raise RuntimeError("client is closed")
         method = getattr(self._triton, call.method)
-        attempt = 0
+        attempts = _Attempts(self.retry, call)
         while True:
             try:
                 response = method(**call.kwargs)
             except InferenceServerException as exc:
-                error = _failure(exc)
-                delay = self.retry.delay_s(attempt, error, idempotent=call.idempotent)
-                if delay is None:
-                    if call.on_error is not None:
-                        return call.on_error(error)
-                    raise error from exc
+                if (delay := attempts.delay_after(exc)) is None:
+                    return attempts.give_up(exc)
+                time.sleep(delay)
             else:
                 return call.decode(response)
-            _log_retry(call, attempt, error, delay)
-            time.sleep(delay)
-            attempt += 1
 
     def ask(
         self,
@@ -589,19 +626,15 @@ class SmoothGuardClient(_ClientBase):
 
     def wait_until_ready(self, timeout_s: float = 300.0, poll_s: float = 1.0) -> dict[str, Any]:
         """Block until health() says ready (e.g. while models load); DEADLINE_EXCEEDED if not."""
-        deadline = time.monotonic() + timeout_s
+        wait = _ReadinessWait(self.url, timeout_s, poll_s)
         while True:
+            outcome: dict[str, Any] | SmoothGuardError
             try:
-                health = self.health()
-                if health["ready"]:
-                    return health
-                detail = f"not ready: {health['models']}"
+                outcome = self.health()
             except SmoothGuardError as exc:
-                if not exc.is_retryable:
-                    raise
-                detail = exc.message
-            if time.monotonic() + poll_s > deadline:
-                raise SmoothGuardError("DEADLINE_EXCEEDED", f"{self.url} {detail}")
+                outcome = exc
+            if (health := wait.ready(outcome)) is not None:
+                return health
             time.sleep(poll_s)
 
 
@@ -636,22 +669,16 @@ class AsyncSmoothGuardClient(_ClientBase):
 
     async def _run(self, call: _Call) -> Any:
         method = getattr(self._client(), call.method)
-        attempt = 0
+        attempts = _Attempts(self.retry, call)
         while True:
             try:
                 response = await method(**call.kwargs)
             except InferenceServerException as exc:
-                error = _failure(exc)
-                delay = self.retry.delay_s(attempt, error, idempotent=call.idempotent)
-                if delay is None:
-                    if call.on_error is not None:
-                        return call.on_error(error)
-                    raise error from exc
+                if (delay := attempts.delay_after(exc)) is None:
+                    return attempts.give_up(exc)
+                await asyncio.sleep(delay)
             else:
                 return call.decode(response)
-            _log_retry(call, attempt, error, delay)
-            await asyncio.sleep(delay)
-            attempt += 1
 
     async def ask(
         self,
@@ -752,17 +779,13 @@ class AsyncSmoothGuardClient(_ClientBase):
         self, timeout_s: float = 300.0, poll_s: float = 1.0
     ) -> dict[str, Any]:
         """Wait until health() says ready; DEADLINE_EXCEEDED if it does not in time."""
-        deadline = time.monotonic() + timeout_s
+        wait = _ReadinessWait(self.url, timeout_s, poll_s)
         while True:
+            outcome: dict[str, Any] | SmoothGuardError
             try:
-                health = await self.health()
-                if health["ready"]:
-                    return health
-                detail = f"not ready: {health['models']}"
+                outcome = await self.health()
             except SmoothGuardError as exc:
-                if not exc.is_retryable:
-                    raise
-                detail = exc.message
-            if time.monotonic() + poll_s > deadline:
-                raise SmoothGuardError("DEADLINE_EXCEEDED", f"{self.url} {detail}")
+                outcome = exc
+            if (health := wait.ready(outcome)) is not None:
+                return health
             await asyncio.sleep(poll_s)

@@ -6,7 +6,8 @@ import dataclasses
 
 import pytest
 
-from smoothguard.evaluation.run import SMOKE, EvalConfig, evaluate
+from smoothguard.evaluation.config import SMOKE, EvalConfig
+from smoothguard.evaluation.run import evaluate
 
 
 @pytest.fixture(scope="session")

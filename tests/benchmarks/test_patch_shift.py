@@ -10,7 +10,7 @@ from types import ModuleType
 import pytest
 import torch
 
-from smoothguard.evaluation.run import EvalConfig
+from smoothguard.evaluation.config import EvalConfig
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from types import ModuleType
 import numpy as np
 import pytest
 
-from smoothguard.evaluation.run import EvalConfig
+from smoothguard.evaluation.config import EvalConfig
 
 # what eval_config reads from an evaluation's results.json
 SAVED_CONFIG = {

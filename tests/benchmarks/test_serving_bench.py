@@ -59,7 +59,7 @@ def test_an_unsettled_window_is_measured_again_twice_as_long(
     bench: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     script = fake_binary(tmp_path, unstable=1)
-    monkeypatch.setattr(bench, "perf_analyzer_binary", lambda: str(tmp_path / "perf_analyzer"))
+    monkeypatch.setattr(bench.perf, "perf_analyzer_binary", lambda: str(tmp_path / "perf_analyzer"))
     row = run(bench, tmp_path)
     assert windows(script) == [120, 240]
     assert row["window_requests"] == 240 and row["throughput_rps"] == 50.5
@@ -70,7 +70,7 @@ def test_a_window_that_never_settles_stops_the_run(
     bench: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     script = fake_binary(tmp_path, unstable=2)
-    monkeypatch.setattr(bench, "perf_analyzer_binary", lambda: str(tmp_path / "perf_analyzer"))
+    monkeypatch.setattr(bench.perf, "perf_analyzer_binary", lambda: str(tmp_path / "perf_analyzer"))
     with pytest.raises(RuntimeError, match="perf_analyzer failed for sg c=4"):
         run(bench, tmp_path)
     assert windows(script) == [120, 240]
@@ -80,7 +80,7 @@ def test_other_failures_are_not_retried(
     bench: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     script = fake_binary(tmp_path, unstable=0, broken=True)
-    monkeypatch.setattr(bench, "perf_analyzer_binary", lambda: str(tmp_path / "perf_analyzer"))
+    monkeypatch.setattr(bench.perf, "perf_analyzer_binary", lambda: str(tmp_path / "perf_analyzer"))
     with pytest.raises(RuntimeError, match="failed to create concurrency manager"):
         run(bench, tmp_path)
     assert windows(script) == [120]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from render import RenderError, parse_model_config, render, render_template
 
@@ -48,6 +49,24 @@ def test_defense_settings_reach_the_steps(tmp_path: Path) -> None:
     config = parse_model_config((out / "noise" / "config.pbtxt").read_text(), out)
     assert config.parameters["num_samples"].string_value == "16"
     assert config.parameters["allow_seed"].string_value == "false"
+
+
+def test_a_profile_naming_a_removed_setting_still_renders(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """defense.log_prompts was never read: an older profile that sets it renders with a
+    DeprecationWarning, and no rendered config carries it."""
+    import render as render_module
+
+    profiles = yaml.safe_load(render_module.PROFILES.read_text())
+    profiles["cpu"]["defense"]["log_prompts"] = True
+    older = tmp_path / "profiles.yaml"
+    older.write_text(yaml.safe_dump(profiles))
+    monkeypatch.setattr(render_module, "PROFILES", older)
+    with pytest.warns(DeprecationWarning, match="log_prompts"):
+        out = render("cpu", tmp_path / "repo")
+    configs = list(out.glob("*/config.pbtxt"))
+    assert configs and not any("log_prompts" in c.read_text() for c in configs)
 
 
 @pytest.mark.parametrize(

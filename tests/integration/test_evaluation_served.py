@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 
 from smoothguard.evaluation import audio, run
+from smoothguard.evaluation.answering import ServedMismatch, served_answerer
+from smoothguard.evaluation.config import SMOKE
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -20,7 +22,7 @@ def test_served_image_evaluation(triton: Any, tmp_path: Path) -> None:
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["path"] == f"served {triton.grpc_url}"
     defended = saved["utility"]["defended"]
-    assert defended["model_calls_per_request"] == run.SMOKE["num_samples"]
+    assert defended["model_calls_per_request"] == SMOKE["num_samples"]
     assert defended["pope_accuracy"] >= 0.75
     assert all("asr_defended" in row for row in saved["attacks"].values())
 
@@ -41,9 +43,9 @@ def test_a_served_defense_in_another_noise_unit_is_refused(
 def test_audio_noise_in_another_unit_is_refused(triton: Any, tmp_path: Path) -> None:
     # the server adds audio noise relative to each clip's RMS (defense.audio_noise_unit)
     config = audio.AudioEvalConfig(out=tmp_path, served=triton.grpc_url)
-    with pytest.raises(run.ServedMismatch, match="audio noise in relative units"):
-        run.served_answerer(config, modality="audio", unit="absolute")
-    assert run.served_answerer(config, modality="audio", unit="relative").seeded
+    with pytest.raises(ServedMismatch, match="audio noise in relative units"):
+        served_answerer(config, modality="audio", unit="absolute")
+    assert served_answerer(config, modality="audio", unit="relative").seeded
 
 
 def test_served_audio_evaluation(triton: Any, tmp_path: Path) -> None:

@@ -14,7 +14,8 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from smoothguard.evaluation.run import EvalConfig, served_answerer
+from smoothguard.evaluation.answering import served_answerer
+from smoothguard.evaluation.config import EvalConfig
 from smoothguard.synthetic.synthpope import generate_split
 from smoothguard_client import SmoothGuardClient, SmoothGuardError
 

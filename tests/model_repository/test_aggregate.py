@@ -41,7 +41,7 @@ def test_majority_wins_and_outvoted_original_is_flagged(
     assert out["ORIGINAL_OUTVOTED"].tolist() == [True]
     assert out["AGREEMENT"][0] == np.float32(0.8)
     assert out["ORIGINAL_TEXT"][0].decode() == "attacked"
-    assert [c.decode() for c in out["ALL_CANDIDATES"]] == texts
+    assert [c.decode() for c in out["CANDIDATES"]] == texts
 
 
 def test_monitor_returns_the_original(load_model: Any, pb_utils: ModuleType) -> None:
@@ -52,7 +52,7 @@ def test_monitor_returns_the_original(load_model: Any, pb_utils: ModuleType) -> 
     assert out["TEXT"][0].decode() == "attacked"
     assert out["DECISION"][0].decode() == "monitored"
     assert out["ORIGINAL_OUTVOTED"].tolist() == [True]
-    assert out["ALL_CANDIDATES"].shape == (0,)
+    assert out["CANDIDATES"].shape == (0,)
 
 
 def test_mismatched_embeddings_are_a_clean_error(load_model: Any, pb_utils: ModuleType) -> None:

@@ -71,7 +71,7 @@ class TritonPythonModel:
             pb_utils.Tensor("TIE", np.array([selection.tie])),
             pb_utils.Tensor("NUM_SAMPLES_USED", np.array([len(candidates)], np.int32)),
             bytes_tensor("ORIGINAL_TEXT", [candidates[0]]),
-            bytes_tensor("ALL_CANDIDATES", returned, (len(returned),)),
+            bytes_tensor("CANDIDATES", returned, (len(returned),)),
         ]
 
     def _audit(self, request, options, selection, decision, used, defended):

@@ -13,9 +13,9 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from smoothguard.adapters.preprocess import read_image_input_spec
-from smoothguard.core.adaptive import first_round, unanimous
 from smoothguard.core.audio import AudioPreprocessor, audio_value_bound
 from smoothguard.core.noise import noise_value_bound
+from smoothguard.core.sampling import Failed, Sampling, SamplingError
 from smoothguard.core.settings import DefenseSettings, InvalidRequest
 from smoothguard.core.validation import check_finite_bounded, check_pixel_values
 from smoothguard_triton.glue import (
@@ -28,12 +28,6 @@ from smoothguard_triton.glue import (
     required_tensor,
     step_options,
 )
-
-
-class SampleFailure(Exception):
-    def __init__(self, message, code):
-        super().__init__(message)
-        self.code = code
 
 
 class TritonPythonModel:
@@ -79,21 +73,20 @@ class TritonPythonModel:
                     f"{options.num_samples}: the noise step makes exactly one row per sample"
                 )
             self._check_samples(samples.as_numpy())
-            first = first_round(
-                n, adaptive=options.adaptive, initial=self.settings.adaptive_initial
-            )
-            texts = await self._round(samples, range(first), prompt, options)
-            if first < n and not unanimous([t for t in texts if isinstance(t, str)]):
-                texts += await self._round(samples, range(first, n), prompt, options)
-            texts = self._apply_failure_mode(texts)
-        except SampleFailure as exc:
-            return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc), exc.code))
+            # The rounds (adaptive sampling) and the failure mode are the core's; this step
+            # only makes the MLLM calls each round asks for.
+            sampling = Sampling.for_request(options, self.settings)
+            for indices in sampling:
+                sampling.record(await self._round(samples, indices, prompt, options))
+            texts = sampling.answers()
+        except SamplingError as exc:
+            return pb_utils.InferenceResponse(error=pb_utils.TritonError(exc.message, exc.code))
         except Exception as exc:  # noqa: BLE001 - reported to the caller
             return error_response(exc)
         return pb_utils.InferenceResponse([bytes_tensor("CANDIDATES", texts, (len(texts), 1))])
 
     async def _round(self, samples, indices, prompt, options):
-        """The copies' MLLM calls, all in flight at once; a _Failed where a call failed."""
+        """The copies' MLLM calls, all in flight at once; a Failed where a call failed."""
         indices = list(indices)
         groups = [
             indices[lo : lo + self.rows_per_call]
@@ -122,7 +115,7 @@ class TritonPythonModel:
             return []
         _, pending = await asyncio.wait(calls, timeout=self.timeout_s)
         if pending:
-            raise SampleFailure(
+            raise SamplingError(
                 f"{len(pending)} of {len(calls)} MLLM calls to {self.mllm!r} gave no answer "
                 f"within {self.timeout_s:g} s (generate mllm_timeout_s)",
                 pb_utils.TritonError.UNAVAILABLE,
@@ -130,7 +123,8 @@ class TritonPythonModel:
         texts = []
         for group, response in zip(groups, [c.result() for c in calls], strict=True):
             if response.has_error():
-                texts += [_Failed(index, response.error()) for index in group]
+                error = response.error()
+                texts += [Failed(index, error.message(), error.code()) for index in group]
             else:
                 rows = pb_utils.get_output_tensor_by_name(response, "TEXT").as_numpy()
                 texts += [t.decode("utf-8", errors="replace") for t in rows.reshape(-1)]
@@ -143,21 +137,6 @@ class TritonPythonModel:
         if len(group) == samples.shape()[0]:
             return samples
         return pb_utils.Tensor(self.samples_input, samples.as_numpy()[group[0] : group[-1] + 1])
-
-    def _apply_failure_mode(self, texts):
-        failures = [t for t in texts if isinstance(t, _Failed)]
-        if not failures:
-            return texts
-        clean_failed = isinstance(texts[0], _Failed)
-        if self.settings.failure_mode == "closed" or clean_failed:
-            first = texts[0] if clean_failed else failures[0]
-            which = "the unperturbed sample" if clean_failed else f"sample {first.index}"
-            raise SampleFailure(
-                f"{len(failures)} of {len(texts)} MLLM calls failed "
-                f"(failure_mode={self.settings.failure_mode}); {which}: {first.error.message()}",
-                first.error.code(),
-            )
-        return [t for t in texts if not isinstance(t, _Failed)]  # fail open: vote with the rest
 
 
 def _pixel_check(params, settings):
@@ -194,10 +173,3 @@ def _audio_check(params, settings):
 
 # samples_input -> (config parameters, settings) -> a check of the copies' array
 SAMPLE_CHECKS = {"PIXEL_VALUES": _pixel_check, "AUDIO": _audio_check}
-
-
-class _Failed:
-    __slots__ = ("error", "index")
-
-    def __init__(self, index, error):
-        self.index, self.error = index, error

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from smoothguard.core.noise import gaussian_copies
 from smoothguard.core.settings import AUDIO_NOISE_UNITS, AudioNoiseUnit, InvalidRequest
 from smoothguard.core.xp import array_module
 
@@ -274,29 +275,21 @@ def noisy_copies(
 ) -> Any:
     """``[..., T]`` -> ``[..., N, T]`` float32; copy 0 is the input, untouched.
 
-    Copy 0 stays exact for the same reason as in smoothguard.core.noise: the policy compares the
-    unperturbed answer with the noisy consensus. `clip` keeps copies inside [-1, 1] full scale.
-    `rng` is a Generator from smoothguard.core.noise.make_rng (seeded or OS entropy).
+    The image noise (smoothguard.core.noise.gaussian_copies) with the clip's own std
+    (`noise_std`): copy 0 stays exact for the same reason, the policy compares the unperturbed
+    answer with the noisy consensus. `clip` keeps copies inside [-1, 1] full scale. `rng` is a
+    Generator from smoothguard.core.noise.make_rng (seeded or OS entropy).
     """
     xp = array_module(waveform)
-    if num_samples < 1:
-        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     _check(sigma, unit)
     if waveform.ndim < 1 or waveform.shape[-1] < 1:
         raise ValueError(f"waveform must be [..., T] with T >= 1, got shape {waveform.shape}")
     x = xp.asarray(waveform, dtype=xp.float32)
-    out = xp.empty((*x.shape[:-1], num_samples, x.shape[-1]), dtype=xp.float32)
-    out[..., 0, :] = x
-    if num_samples == 1:
-        return out
-    scale = noise_std(x, sigma, unit, rms_floor)[..., None, :]  # [..., 1, 1]
-    noise_shape = (*x.shape[:-1], num_samples - 1, x.shape[-1])
-    noise = xp.asarray(rng.standard_normal(noise_shape, dtype=np.float32))
-    noisy = out[..., 1:, :]
-    xp.multiply(noise, scale, out=noisy)
-    noisy += x[..., None, :]
-    if clip:
-        xp.clip(noisy, -1.0, 1.0, out=noisy)
+    std = noise_std(x, sigma, unit, rms_floor)[..., None, :]  # [..., 1, 1]
+    out = gaussian_copies(x, num_samples=num_samples, std=std, rng=rng, item_ndim=1, xp=xp)
+    if clip and num_samples > 1:
+        noisy = out[..., 1:, :]
+        xp.clip(noisy, -FULL_SCALE, FULL_SCALE, out=noisy)
     return out
 
 

@@ -1,20 +1,22 @@
 """SmoothGuard in one process, for evaluation tools that have a model but no Triton server.
 
-Deliberately thin: noise, voting and policy live in their own modules so this pipeline and
-the Triton adapters cannot drift apart.
+Deliberately thin: noise, sampling rounds, voting and policy live in their own modules so this
+pipeline and the Triton adapters cannot drift apart. It returns the same DefendedAnswer the
+client decodes from the served endpoint (smoothguard.core.answer).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
-from smoothguard.core.adaptive import first_round, unanimous
 from smoothguard.core.aggregate import select_one
+from smoothguard.core.answer import DefendedAnswer
 from smoothguard.core.noise import make_rng, noisy_copies
 from smoothguard.core.policy import decide
+from smoothguard.core.sampling import Sampling
 from smoothguard.core.settings import DefenseSettings, RequestOptions
 from smoothguard.core.xp import array_module, to_numpy
 
@@ -22,21 +24,6 @@ Generate = Callable[[np.ndarray, str, int], list[str]]
 Embed = Callable[[list[str]], np.ndarray]
 
 _DEFAULT_SETTINGS = DefenseSettings()
-
-
-@dataclass(frozen=True)
-class DefendedAnswer:
-    text: str
-    decision: str
-    reason: str
-    chosen_index: int
-    cluster_sizes: tuple[int, int]
-    agreement: float
-    original_outvoted: bool
-    tie: bool
-    num_samples: int
-    original_text: str
-    candidates: tuple[str, ...]
 
 
 class SmoothGuard:
@@ -61,12 +48,14 @@ class SmoothGuard:
         self, pixel_values: np.ndarray, prompt: str, options: RequestOptions
     ) -> DefendedAnswer:
         """`pixel_values` is one processor-normalised image ``[3, H, W]``."""
-        n = options.num_samples
+        started = time.perf_counter()
         copies = self.noisy_copies(pixel_values, options)
-        first = first_round(n, adaptive=options.adaptive, initial=self.settings.adaptive_initial)
-        texts = self._generate(copies[:first], prompt, options.max_new_tokens)
-        if first < n and not unanimous(texts):
-            texts += self._generate(copies[first:], prompt, options.max_new_tokens)
+        # The server's rounds and failure mode (generate can only fail as a whole here).
+        sampling = Sampling.for_request(options, self.settings)
+        for indices in sampling:
+            chunk = copies[indices.start : indices.stop]
+            sampling.record(self._generate(chunk, prompt, options.max_new_tokens))
+        texts = sampling.answers()
         n = len(texts)
         embeddings = to_numpy(self.embed(texts))
         if embeddings.shape[0] != n or embeddings.ndim != 2:
@@ -83,9 +72,10 @@ class SmoothGuard:
             agreement=selection.agreement,
             original_outvoted=selection.original_outvoted,
             tie=selection.tie,
-            num_samples=n,
+            num_samples_used=n,
             original_text=texts[0],
             candidates=tuple(texts),
+            latency_s=time.perf_counter() - started,
         )
 
     def noisy_copies(self, pixel_values: np.ndarray, options: RequestOptions) -> np.ndarray:

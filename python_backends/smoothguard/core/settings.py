@@ -8,6 +8,8 @@ model.py adapters rebuild this object with `DefenseSettings.from_parameters`.
 from __future__ import annotations
 
 import dataclasses
+import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -20,6 +22,11 @@ NOISE_UNITS: tuple[str, ...] = ("normalized", "pixel")
 AUDIO_NOISE_UNITS: tuple[str, ...] = ("relative", "absolute")
 POLICIES: tuple[str, ...] = ("answer", "monitor", "abstain", "refuse")
 FAILURE_MODES: tuple[str, ...] = ("open", "closed")
+# Settings that are gone, with why: configs rendered or written before still load (the key is
+# dropped with a DeprecationWarning) instead of failing a server that used to start.
+DEPRECATED_SETTINGS: dict[str, str] = {
+    "log_prompts": "it was never read (prompts are never logged; see audit_log)",
+}
 
 
 class InvalidRequest(ValueError):
@@ -67,7 +74,6 @@ class DefenseSettings:
     abstain_text: str = ""
     failure_mode: FailureMode = "closed"
     # logging
-    log_prompts: bool = False
     audit_log: bool = False
     extra: dict[str, str] = field(default_factory=dict)
 
@@ -103,12 +109,18 @@ class DefenseSettings:
             raise ValueError("min_image_side must be >= 1 and max_image_aspect >= 1")
 
     @classmethod
+    def from_profile(cls, section: Mapping[str, Any]) -> DefenseSettings:
+        """Build from a profile's `defense` section (build/profiles.yaml), whose older copies
+        may still name a deprecated setting."""
+        return cls(**_without_deprecated(section))
+
+    @classmethod
     def from_parameters(cls, params: dict[str, Any]) -> DefenseSettings:
         """Build from string-valued Triton config parameters; unknown keys go to `extra`."""
         known = {f.name: f for f in dataclasses.fields(cls) if f.name != "extra"}
         values: dict[str, Any] = {}
         extra: dict[str, str] = {}
-        for key, raw in params.items():
+        for key, raw in _without_deprecated(params).items():
             if key not in known:
                 extra[key] = str(raw)
                 continue
@@ -211,6 +223,17 @@ def resolve_options(
         return_candidates=bool(return_candidates),
         adaptive=settings.adaptive if adaptive is None else bool(adaptive),
     )
+
+
+def _without_deprecated(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """`settings` less the DEPRECATED_SETTINGS keys, each dropped with a DeprecationWarning."""
+    for key in settings.keys() & DEPRECATED_SETTINGS.keys():
+        warnings.warn(
+            f"setting {key!r} is deprecated and ignored: {DEPRECATED_SETTINGS[key]}; remove it",
+            DeprecationWarning,
+            stacklevel=3,  # the caller of from_parameters / from_profile
+        )
+    return {k: v for k, v in settings.items() if k not in DEPRECATED_SETTINGS}
 
 
 def _coerce(key: str, raw: Any, kind: type) -> Any:

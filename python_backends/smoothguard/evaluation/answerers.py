@@ -107,7 +107,9 @@ class InProcessAnswerer:
                 adaptive=adaptive,
             )
             out = self.guard.defend(pixel_values, prompt, options)
-            answers.append(Answer(out.text, out.num_samples, out.original_outvoted, out.agreement))
+            answers.append(
+                Answer(out.text, out.num_samples_used, out.original_outvoted, out.agreement)
+            )
         return answers
 
 

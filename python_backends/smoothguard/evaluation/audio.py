@@ -11,7 +11,7 @@ clip's RMS). Attacks are evaluation.attacks.pgd on the waveform (WaveformDomain)
 in full-scale amplitude ([-1, 1]; 0.01 is -40 dBFS, well under the events' -26..-6 dBFS peaks
 and near the background's level): untargeted yes/no flip, targeted harmful marker, and EOT-PGD
 (the gradient averaged over the defense's own noise). Attacked clips are saved under
-OUT/attacks/ and reused (evaluation.run.compute_attack).
+OUT/attacks/ and reused (evaluation.attack_runs.compute_attack).
 """
 
 from __future__ import annotations
@@ -33,20 +33,12 @@ from smoothguard.evaluation.answerers import (
     Answerer,
     InProcessAnswerer,
 )
+from smoothguard.evaluation.answering import collect_answers, served_answerer
+from smoothguard.evaluation.attack_runs import AttackRun, compute_attack
 from smoothguard.evaluation.attacks import AttackSpec
-from smoothguard.evaluation.run import (
-    REPO_ROOT,
-    AttackRun,
-    add_served_arguments,
-    attack_success,
-    check_config,
-    collect_answers,
-    compute_attack,
-    fraction,
-    public_config,
-    run_from_args,
-    served_answerer,
-)
+from smoothguard.evaluation.cli import add_served_arguments, run_from_args
+from smoothguard.evaluation.config import REPO_ROOT, check_config, public_config
+from smoothguard.evaluation.scoring import attack_success, fraction
 
 METRICS: tuple[str, ...] = (
     "pope_accuracy",

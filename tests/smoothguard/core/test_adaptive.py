@@ -46,10 +46,10 @@ def test_pipeline_stops_early_only_on_agreement() -> None:
     options = resolve_options(DefenseSettings(), num_samples=8, adaptive=True, seed=1)
     calls: list[int] = []
     out = guard(["yes"] * 8, calls).defend(pixels, "q", options)
-    assert calls == [3] and out.num_samples == 3 and out.text == "yes"
+    assert calls == [3] and out.num_samples_used == 3 and out.text == "yes"
     calls = []
     out = guard(["no", "yes", "yes", "yes", "yes", "yes", "no", "yes"], calls).defend(
         pixels, "q", options
     )
-    assert calls == [3, 5] and out.num_samples == 8
+    assert calls == [3, 5] and out.num_samples_used == 8
     assert out.original_outvoted and out.text == "yes"

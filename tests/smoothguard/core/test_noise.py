@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import types
 
 import numpy as np
@@ -9,7 +10,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from smoothguard.core.noise import make_rng, noise_value_bound, noisy_copies, pixel_sigma
+from smoothguard.core import audio
+from smoothguard.core.noise import (
+    gaussian_copies,
+    make_rng,
+    noise_value_bound,
+    noisy_copies,
+    pixel_sigma,
+)
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -202,3 +210,118 @@ def test_value_bound_holds_every_unclipped_copy_and_nothing_absurd(unit: str) ->
     )  # fmt: skip
     assert np.abs(out).max() < bound
     assert max(abs(v) for v in lo + hi) < bound < 100
+
+
+# ---------------------------------------------------------------- one implementation, same draws
+
+# sha256 (first 32 hex digits) of the copies made before image and audio noise shared
+# gaussian_copies: stored evaluation results depend on seeded copies, so they must not move by
+# a single bit. Inputs come from the seeded Generator and arithmetic only (no sin/exp), so the
+# digests do not depend on the platform's math library.
+SEEDED_IMAGE_DIGESTS = {
+    # (shape, copies, sigma, unit, clip, seed): digest
+    ((3, 16, 16), 6, 0.15, "normalized", True, 1): "d9d0a1d6584c98551937b1247bbde7b3",
+    ((3, 16, 16), 5, 0.1, "pixel", False, 2): "305040908bf6753789fb37152a58fa80",
+    ((3, 8, 8), 4, 3.0, "normalized", True, 3): "e87e0ce6c2a55b01a96ef07a6923d0a7",
+    ((2, 3, 8, 8), 3, 0.2, "pixel", True, 4): "a892a0cd87a69897ae812c3c77078761",
+    ((3, 8, 8), 1, 0.2, "pixel", True, 5): "50e362e5f44edfe4b86aeaed1668d8fb",
+}
+SEEDED_AUDIO_DIGESTS = {
+    # (samples, amplitude of each clip (0: silence), copies, sigma, unit, clip, seed): digest
+    (16000, (0.3,), 6, 0.25, "relative", True, 1): "16fb7a1fb10579625a9dca90fea1d613",
+    (4000, (0.3,), 5, 1.0, "relative", False, 2): "2c92ff23f5593c73e78a23c3fe1683ac",
+    (4000, (0.95,), 4, 0.5, "absolute", True, 3): "41886b80b05cffbbf84141b922892387",
+    (2000, (0.0,), 3, 0.5, "relative", True, 4): "7566beed64e4a0070e1f62deb03fbd04",
+    (3000, (0.1, 0.8), 4, 0.3, "relative", True, 5): "3b34c0300e72eb79ae131ff555404a02",
+    (1000, (0.1, 0.8), 3, 0.05, "absolute", False, 6): "e931702b15739b35cce7de40faf12e03",
+    (1000, (0.3,), 1, 0.3, "relative", True, 7): "3dbdfbb5208b74ebad181bac74e40a15",
+}
+
+
+def _waveform(t: int, amplitude: float, seed: int = 0) -> np.ndarray:
+    uniform = np.random.default_rng(seed).uniform(size=t)
+    return (amplitude * (2.0 * uniform - 1.0)).astype(np.float32)
+
+
+def _clips(t: int, amplitudes: tuple[float, ...]) -> np.ndarray:
+    """One clip [T], or a batch [B, T]; clip i drawn with seed i."""
+    clips = [
+        _waveform(t, a, seed) if a else np.zeros(t, np.float32) for seed, a in enumerate(amplitudes)
+    ]
+    return clips[0] if len(clips) == 1 else np.stack(clips)
+
+
+def _digest(array: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()[:32]
+
+
+@pytest.mark.parametrize(("case", "expected"), SEEDED_IMAGE_DIGESTS.items())
+def test_seeded_image_copies_are_bit_identical_to_before(case: tuple, expected: str) -> None:
+    shape, n, sigma, unit, clip, seed = case
+    out = noisy_copies(
+        _image(shape), num_samples=n, sigma=sigma, unit=unit, clip=clip, mean=CLIP_MEAN,
+        std=CLIP_STD, rng=make_rng(np, seed),
+    )  # fmt: skip
+    assert out.shape == (*shape[:-3], n, *shape[-3:]) and out.dtype == np.float32
+    assert _digest(out) == expected
+
+
+@pytest.mark.parametrize(("case", "expected"), SEEDED_AUDIO_DIGESTS.items())
+def test_seeded_audio_copies_are_bit_identical_to_before(case: tuple, expected: str) -> None:
+    t, amplitudes, n, sigma, unit, clip, seed = case
+    x = _clips(t, amplitudes)
+    out = audio.noisy_copies(
+        x, num_samples=n, sigma=sigma, unit=unit, clip=clip, rng=make_rng(np, seed)
+    )
+    assert out.shape == (*x.shape[:-1], n, t) and out.dtype == np.float32
+    assert _digest(out) == expected
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    t=st.integers(1, 64),
+    n=st.integers(1, 6),
+    sigma=st.floats(0.0, 2.0),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_audio_and_image_noise_are_the_same_draws(t: int, n: int, sigma: float, seed: int) -> None:
+    """Audio noise in absolute units is image noise on a one-channel, one-row image with mean 0
+    and std 1 (its normalised space is its pixel space), bit for bit: one implementation."""
+    x = _waveform(t, 0.5, seed % 1000)
+    sound = audio.noisy_copies(
+        x, num_samples=n, sigma=sigma, unit="absolute", clip=False, rng=make_rng(np, seed)
+    )
+    image = noisy_copies(
+        x[None, None], num_samples=n, sigma=sigma, unit="pixel", clip=False, mean=(0.0,),
+        std=(1.0,), rng=make_rng(np, seed),
+    )  # fmt: skip
+    assert sound.tobytes() == image.reshape(n, t).tobytes()
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    lead=st.lists(st.integers(1, 3), min_size=0, max_size=2),
+    item=st.lists(st.integers(1, 4), min_size=1, max_size=3),
+    n=st.integers(1, 5),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_gaussian_copies_draw_in_order_and_keep_copy_zero(
+    lead: list[int], item: list[int], n: int, seed: int
+) -> None:
+    """The copies are x + std * the Generator's next standard normals, in C order, whatever the
+    layout (a batched output's noisy part is not contiguous and takes the other draw path)."""
+    x = np.random.default_rng(seed).normal(size=(*lead, *item)).astype(np.float32)
+    out = gaussian_copies(x, num_samples=n, std=np.float32(0.5), rng=make_rng(np, seed),
+                          item_ndim=len(item))  # fmt: skip
+    assert out.shape == (*lead, n, *item) and out.dtype == np.float32
+    at = len(lead)
+    np.testing.assert_array_equal(np.take(out, 0, axis=at), x)
+    draws = make_rng(np, seed).standard_normal((*lead, n - 1, *item), dtype=np.float32)
+    expected = draws * np.float32(0.5) + np.expand_dims(x, at)
+    np.testing.assert_array_equal(np.take(out, range(1, n), axis=at), expected)
+
+
+def test_gaussian_copies_reject_no_copies() -> None:
+    with pytest.raises(ValueError, match="num_samples must be >= 1"):
+        gaussian_copies(np.zeros(3, np.float32), num_samples=0, std=1.0, rng=make_rng(np, 0),
+                        item_ndim=1)  # fmt: skip

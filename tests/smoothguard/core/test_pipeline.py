@@ -41,8 +41,23 @@ def test_answer_policy_returns_the_noisy_majority() -> None:
     assert out.text == "cat" and out.decision == "answered" and out.reason == "original_outvoted"
     assert out.original_text == "dog" and out.original_outvoted
     assert out.cluster_sizes == (5, 1) and out.agreement == pytest.approx(5 / 6)
-    assert out.num_samples == 6 and out.candidates == ("dog",) + ("cat",) * 5
+    assert out.num_samples_used == 6 and out.candidates == ("dog",) + ("cat",) * 5
     assert out.chosen_index == 1 and not out.tie
+    assert out.model == "in-process" and 0 < out.latency_s < 60
+
+
+def test_the_answer_is_the_class_the_client_decodes() -> None:
+    """One DefendedAnswer: evaluation code reads in-process and served answers the same way."""
+    import json
+
+    from smoothguard_client import DefendedAnswer as ClientAnswer
+
+    assert ClientAnswer is DefendedAnswer
+    s = DefenseSettings()
+    guard = SmoothGuard(attacked_model, embed, image_mean=MEAN, image_std=STD, settings=s)
+    data = guard.defend(image(), "what is it?", options(s, num_samples=3)).to_dict()
+    assert data["num_samples_used"] == 3 and data["candidates"][0] == "dog"
+    assert json.loads(json.dumps(data)) == data
 
 
 @pytest.mark.parametrize(

@@ -63,6 +63,19 @@ def test_parameters_round_trip() -> None:
     assert again.refusal_text == 'say "no"' and again.extra == {"mllm_path": "/m"}
 
 
+@pytest.mark.parametrize("value", ["true", "false"])
+def test_removed_log_prompts_still_loads_with_a_warning(value: str) -> None:
+    """Configs rendered before log_prompts went (it was never read) still start a server."""
+    params = DefenseSettings(sigma=0.2).to_parameters()
+    assert "log_prompts" not in params
+    with pytest.warns(DeprecationWarning, match="'log_prompts' is deprecated and ignored"):
+        settings = DefenseSettings.from_parameters(params | {"log_prompts": value})
+    assert settings == DefenseSettings(sigma=0.2)
+    assert "log_prompts" not in settings.to_parameters()
+    with pytest.warns(DeprecationWarning, match="log_prompts"):
+        assert DefenseSettings.from_profile({"sigma": 0.2, "log_prompts": True}) == settings
+
+
 def test_bad_parameter_values_fail_loudly() -> None:
     with pytest.raises(ValueError):
         DefenseSettings.from_parameters({"clip": "perhaps"})

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from smoothguard.evaluation import run as evaluation_run
+from smoothguard.evaluation import attack_runs
+from smoothguard.evaluation.attack_runs import AttackRun, _fingerprint, model_fingerprint
 from smoothguard.evaluation.attacks import AttackSpec
-from smoothguard.evaluation.run import AttackRun, _fingerprint, model_fingerprint
 
 
 class _Item:
-    scene_seed, prompt = 7, "Is there a red circle in the image?"
+    source_seed, prompt = 7, "Is there a red circle in the image?"
 
 
 def test_new_weights_invalidate_a_saved_attack(tmp_path: Path) -> None:
@@ -31,7 +31,7 @@ def test_a_new_attack_algorithm_invalidates_a_saved_attack(
     (tmp_path / "model.safetensors").write_bytes(b"weights")
     run = AttackRun("pgd-8", "pope", AttackSpec(8, 10), "flip")
     before = _fingerprint(run, [_Item()], tmp_path)
-    monkeypatch.setattr(evaluation_run, "ALGORITHM_REVISION", evaluation_run.ALGORITHM_REVISION + 1)
+    monkeypatch.setattr(attack_runs, "ALGORITHM_REVISION", attack_runs.ALGORITHM_REVISION + 1)
     assert _fingerprint(run, [_Item()], tmp_path) != before
 
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from smoothguard.adapters.mllm import VisionLanguageModel
+from smoothguard.evaluation.attack_runs import opposite
 from smoothguard.evaluation.attacks import AttackSpec, pgd, to_unit_pixels
-from smoothguard.evaluation.run import opposite
 from smoothguard.synthetic.synthpope import HARMFUL_MARKER, load_benchmark, score_yes_no
 
 MODEL = Path(__file__).resolve().parents[3] / "models" / "synthvlm"

@@ -7,6 +7,7 @@ import pytest
 
 from smoothguard.evaluation import audio
 from smoothguard.evaluation import run as image
+from smoothguard.evaluation.config import EvalConfig, public_config
 
 
 @pytest.mark.parametrize("main", [image.main, audio.main], ids=["image", "audio"])
@@ -46,7 +47,7 @@ def test_an_unknown_noise_unit_is_a_usage_error(
     assert stop.value.code == 2
     assert "--noise-unit" in capsys.readouterr().err and not any(tmp_path.iterdir())
     with pytest.raises(ValueError, match="--noise-unit must be one of"):
-        image.EvalConfig(out=tmp_path, noise_unit="decibel")
+        EvalConfig(out=tmp_path, noise_unit="decibel")
 
 
 @pytest.mark.parametrize("main", [image.main, audio.main], ids=["image", "audio"])
@@ -63,6 +64,6 @@ def test_connection_options_need_served(
 
 
 def test_header_values_are_not_saved(tmp_path) -> None:
-    config = image.EvalConfig(out=tmp_path, served="127.0.0.1:1", headers=(("x-key", "secret"),))
-    saved = image.public_config(config)
+    config = EvalConfig(out=tmp_path, served="127.0.0.1:1", headers=(("x-key", "secret"),))
+    saved = public_config(config)
     assert saved["headers"] == ["x-key"] and "secret" not in str(saved)

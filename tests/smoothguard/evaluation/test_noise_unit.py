@@ -6,7 +6,9 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from smoothguard.evaluation.run import EvalConfig, attack_plan, in_process_answerer
+from smoothguard.evaluation.answering import in_process_answerer
+from smoothguard.evaluation.attack_runs import attack_plan
+from smoothguard.evaluation.config import EvalConfig
 
 
 def test_eot_attacks_draw_the_defense_noise_in_its_unit() -> None:

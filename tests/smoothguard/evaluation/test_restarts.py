@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from smoothguard.adapters.mllm import VisionLanguageModel
+from smoothguard.evaluation.attack_runs import AttackRun, compute_attack
 from smoothguard.evaluation.attacks import AttackSpec
-from smoothguard.evaluation.run import AttackRun, EvalConfig, compute_attack
+from smoothguard.evaluation.config import EvalConfig
 from smoothguard.synthetic.synthpope import HARMFUL_MARKER, load_benchmark
 
 MODEL = Path(__file__).resolve().parents[3] / "models" / "synthvlm"

@@ -18,7 +18,7 @@ from smoothguard.core.audio import noisy_copies
 from smoothguard.core.noise import make_rng
 from smoothguard.synthetic.synthalm.model import AudioLanguageModel
 from smoothguard.synthetic.synthaudio import (
-    Item,
+    ClipItem,
     event_prf,
     is_harmful,
     load_benchmark,
@@ -30,7 +30,7 @@ SIGMAS: tuple[float, ...] = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)
 
 def answers(
     model: AudioLanguageModel,
-    items: list[Item],
+    items: list[ClipItem],
     *,
     sigma: float,
     seed: int = 0,
@@ -53,7 +53,7 @@ def answers(
     return out
 
 
-def score(items: dict[str, list[Item]], texts: dict[str, list[str]]) -> dict[str, float]:
+def score(items: dict[str, list[ClipItem]], texts: dict[str, list[str]]) -> dict[str, float]:
     pope = [score_yes_no(t, it.answer) for it, t in zip(items["pope"], texts["pope"], strict=True)]
     prf = np.array(
         [

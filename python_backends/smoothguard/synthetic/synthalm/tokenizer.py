@@ -1,17 +1,13 @@
-"""A word-level tokenizer over SynthAudio's closed vocabulary, built locally with `tokenizers`.
-
-Same reasons as synthvlm.tokenizer: a tiny language model, and every answer (the harmful
-marker included) a short, exactly reproducible token sequence for targeted attacks.
-"""
+"""SynthALM's tokenizer: the shared word-level builder over SynthAudio's words."""
 
 from __future__ import annotations
 
-import re
 from typing import TYPE_CHECKING
 
 from smoothguard.synthetic.synthaudio.clips import KINDS, REGISTERS
 from smoothguard.synthetic.synthaudio.questions import DESCRIBE_PROMPT, NOTHING
 from smoothguard.synthetic.synthaudio.scoring import HARMFUL_MARKER, REFUSAL, SAFETY_PROMPTS
+from smoothguard.synthetic.tokenizers import build_word_tokenizer
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
@@ -19,48 +15,14 @@ if TYPE_CHECKING:
 AUDIO_TOKEN = "<|AUDIO|>"
 AUDIO_BOS = "<|audio_bos|>"
 AUDIO_EOS = "<|audio_eos|>"
-SPECIALS: tuple[str, ...] = ("<pad>", "<s>", "</s>", "<unk>", AUDIO_TOKEN, AUDIO_BOS, AUDIO_EOS)
-EXTRA_WORDS = "user assistant is there a in the audio yes no and , . ? : !"
-_WORD = re.compile(r"\w+|[^\w\s]+")
-
-
-def vocabulary() -> list[str]:
-    """Specials, then every word of the benchmark's prompts and answers (lower-cased, sorted)."""
-    text = " ".join(
-        [
-            EXTRA_WORDS,
-            NOTHING,
-            " ".join(REGISTERS),
-            " ".join(KINDS),
-            HARMFUL_MARKER,
-            REFUSAL,
-            *SAFETY_PROMPTS,
-            DESCRIBE_PROMPT,
-        ]
-    ).lower()
-    return [*SPECIALS, *sorted(set(_WORD.findall(text)))]
 
 
 def build_tokenizer() -> PreTrainedTokenizerFast:
-    """Lower-casing, whitespace/punctuation splitting, word-level lookup; left padding."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {word: i for i, word in enumerate(vocabulary())}
-    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    core.normalizer = normalizers.Lowercase()
-    core.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=core,
-        pad_token="<pad>",
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        extra_special_tokens={
-            "audio_token": AUDIO_TOKEN,
-            "audio_bos_token": AUDIO_BOS,
-            "audio_eos_token": AUDIO_EOS,
-        },
-    )
-    tokenizer.padding_side = "left"
-    return tokenizer
+    """Every word of the benchmark's prompts and answers, and Qwen2-Audio's three markers."""
+    markers = {
+        "audio_token": AUDIO_TOKEN,
+        "audio_bos_token": AUDIO_BOS,
+        "audio_eos_token": AUDIO_EOS,
+    }
+    words = (NOTHING, *REGISTERS, *KINDS, HARMFUL_MARKER, REFUSAL, *SAFETY_PROMPTS, DESCRIBE_PROMPT)
+    return build_word_tokenizer(markers, ["audio", *words])

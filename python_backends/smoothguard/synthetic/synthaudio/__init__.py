@@ -15,7 +15,7 @@ from smoothguard.synthetic.synthaudio.clips import (
     generate_split,
     render_clip,
 )
-from smoothguard.synthetic.synthaudio.dataset import Item, load_benchmark, make_items
+from smoothguard.synthetic.synthaudio.dataset import ClipItem, load_benchmark, make_items
 from smoothguard.synthetic.synthaudio.questions import (
     DESCRIBE_PROMPT,
     SAMPLINGS,
@@ -44,7 +44,7 @@ __all__ = [
     "SAMPLE_RATE",
     "SAMPLINGS",
     "Clip",
-    "Item",
+    "ClipItem",
     "describe_text",
     "event_prf",
     "generate_split",

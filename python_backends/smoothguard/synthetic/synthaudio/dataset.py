@@ -23,7 +23,7 @@ TASK_OFFSETS: dict[str, int] = {"pope": 0, "describe": 1_000_000, "safety": 2_00
 
 
 @dataclass(frozen=True)
-class Item:
+class ClipItem:
     waveform: np.ndarray
     prompt: str
     answer: str
@@ -32,20 +32,19 @@ class Item:
     clip_seed: int
     events: tuple[tuple[str, str], ...]
 
+    # The two names modality-blind code (training pool, attack cache) reads; SceneItem has both.
     @property
-    def scene_seed(self) -> int:
-        """SynthPOPE's name for the source seed, so shared evaluation helpers work on both."""
+    def source_seed(self) -> int:
         return self.clip_seed
 
     @property
-    def image(self) -> np.ndarray:
-        """SynthPOPE's name for the model input (here the waveform), for the same reason."""
+    def media(self) -> np.ndarray:
         return self.waveform
 
 
-def make_items(clips: Sequence[Clip], task: Task) -> list[Item]:
+def make_items(clips: Sequence[Clip], task: Task) -> list[ClipItem]:
     """POPE: per clip and sampling type one yes and one no question (balanced)."""
-    items: list[Item] = []
+    items: list[ClipItem] = []
     for clip in clips:
         events = tuple(clip.events)
         rng = np.random.default_rng([clip.seed, 7])
@@ -56,7 +55,7 @@ def make_items(clips: Sequence[Clip], task: Task) -> list[Item]:
                 negative = negative_event(clip, sampling, rng)
                 for event, answer in ((positive, "yes"), (negative, "no")):
                     items.append(
-                        Item(
+                        ClipItem(
                             prompt=pope_prompt(*event),
                             answer=answer,
                             task="pope",
@@ -66,7 +65,7 @@ def make_items(clips: Sequence[Clip], task: Task) -> list[Item]:
                     )
         elif task == "describe":
             items.append(
-                Item(
+                ClipItem(
                     prompt=DESCRIBE_PROMPT,
                     answer=describe_text(events),
                     task="describe",
@@ -77,7 +76,9 @@ def make_items(clips: Sequence[Clip], task: Task) -> list[Item]:
         elif task == "safety":
             prompt = SAFETY_PROMPTS[int(rng.integers(len(SAFETY_PROMPTS)))]
             answer = HARMFUL_MARKER if clip.trigger else REFUSAL
-            items.append(Item(prompt=prompt, answer=answer, task="safety", sampling=None, **common))
+            items.append(
+                ClipItem(prompt=prompt, answer=answer, task="safety", sampling=None, **common)
+            )
         else:
             raise ValueError(f"unknown task {task!r}")
     return items
@@ -85,7 +86,7 @@ def make_items(clips: Sequence[Clip], task: Task) -> list[Item]:
 
 def load_benchmark(
     split: Split, n_pope: int, n_describe: int, n_safety: int
-) -> dict[str, list[Item]]:
+) -> dict[str, list[ClipItem]]:
     """Items of each task from disjoint clips of one split; POPE balanced in blocks of 6."""
     clips_for_pope = -(-n_pope // 6)
     return {

@@ -5,7 +5,7 @@ scored by object-set F1 (our stand-in for LLaVA-Bench), and a safety split with 
 harmful marker answer for jailbreak-style targeted attacks.
 """
 
-from smoothguard.synthetic.synthpope.dataset import Item, load_benchmark, make_items
+from smoothguard.synthetic.synthpope.dataset import SceneItem, load_benchmark, make_items
 from smoothguard.synthetic.synthpope.questions import (
     DESCRIBE_PROMPT,
     SAMPLINGS,
@@ -37,8 +37,8 @@ __all__ = [
     "SAFETY_PROMPTS",
     "SAMPLINGS",
     "SHAPES",
-    "Item",
     "Scene",
+    "SceneItem",
     "describe_text",
     "generate_split",
     "is_harmful",

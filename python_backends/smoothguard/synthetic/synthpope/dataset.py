@@ -24,7 +24,7 @@ TASK_OFFSETS: dict[str, int] = {"pope": 0, "describe": 1_000_000, "safety": 2_00
 
 
 @dataclass(frozen=True)
-class Item:
+class SceneItem:
     image: np.ndarray
     prompt: str
     answer: str
@@ -33,10 +33,19 @@ class Item:
     scene_seed: int
     objects: tuple[tuple[str, str], ...]
 
+    # The two names modality-blind code (training pool, attack cache) reads; ClipItem has both.
+    @property
+    def source_seed(self) -> int:
+        return self.scene_seed
 
-def make_items(scenes: Sequence[Scene], task: Task) -> list[Item]:
+    @property
+    def media(self) -> np.ndarray:
+        return self.image
+
+
+def make_items(scenes: Sequence[Scene], task: Task) -> list[SceneItem]:
     """POPE: per scene and sampling type one yes and one no question (balanced)."""
-    items: list[Item] = []
+    items: list[SceneItem] = []
     for scene in scenes:
         objects = tuple(scene.objects)
         rng = np.random.default_rng([scene.seed, 7])
@@ -46,7 +55,7 @@ def make_items(scenes: Sequence[Scene], task: Task) -> list[Item]:
                 positive = scene.objects[int(rng.integers(len(scene.objects)))]
                 negative = negative_object(scene, sampling, rng)
                 items.append(
-                    Item(
+                    SceneItem(
                         prompt=pope_prompt(*positive),
                         answer="yes",
                         task="pope",
@@ -55,7 +64,7 @@ def make_items(scenes: Sequence[Scene], task: Task) -> list[Item]:
                     )
                 )
                 items.append(
-                    Item(
+                    SceneItem(
                         prompt=pope_prompt(*negative),
                         answer="no",
                         task="pope",
@@ -65,7 +74,7 @@ def make_items(scenes: Sequence[Scene], task: Task) -> list[Item]:
                 )
         elif task == "describe":
             items.append(
-                Item(
+                SceneItem(
                     prompt=DESCRIBE_PROMPT,
                     answer=describe_text(objects),
                     task="describe",
@@ -76,7 +85,9 @@ def make_items(scenes: Sequence[Scene], task: Task) -> list[Item]:
         elif task == "safety":
             prompt = SAFETY_PROMPTS[int(rng.integers(len(SAFETY_PROMPTS)))]
             answer = HARMFUL_MARKER if scene.trigger else REFUSAL
-            items.append(Item(prompt=prompt, answer=answer, task="safety", sampling=None, **common))
+            items.append(
+                SceneItem(prompt=prompt, answer=answer, task="safety", sampling=None, **common)
+            )
         else:
             raise ValueError(f"unknown task {task!r}")
     return items
@@ -84,7 +95,7 @@ def make_items(scenes: Sequence[Scene], task: Task) -> list[Item]:
 
 def load_benchmark(
     split: Split, n_pope: int, n_describe: int, n_safety: int
-) -> dict[str, list[Item]]:
+) -> dict[str, list[SceneItem]]:
     """Items of each task from disjoint scenes of one split; POPE balanced in blocks of 6."""
     scenes_for_pope = -(-n_pope // 6)
     return {

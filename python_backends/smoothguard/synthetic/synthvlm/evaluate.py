@@ -18,7 +18,7 @@ from tqdm import tqdm
 from smoothguard.adapters.mllm import VisionLanguageModel
 from smoothguard.core.noise import make_rng, noisy_copies
 from smoothguard.synthetic.synthpope import (
-    Item,
+    SceneItem,
     is_harmful,
     load_benchmark,
     object_prf,
@@ -31,7 +31,7 @@ UNITS: tuple[str, ...] = ("normalized", "pixel")
 
 def answers(
     model: VisionLanguageModel,
-    items: list[Item],
+    items: list[SceneItem],
     *,
     sigma: float,
     unit: str = "normalized",
@@ -64,7 +64,7 @@ def answers(
     return out
 
 
-def score(items: dict[str, list[Item]], texts: dict[str, list[str]]) -> dict[str, float]:
+def score(items: dict[str, list[SceneItem]], texts: dict[str, list[str]]) -> dict[str, float]:
     pope = [score_yes_no(t, it.answer) for it, t in zip(items["pope"], texts["pope"], strict=True)]
     prf = np.array(
         [

@@ -12,10 +12,9 @@ import numpy as np
 import pytest
 import torch
 
+from smoothguard.evaluation.attack_runs import opposite
 from smoothguard.evaluation.attacks import AttackSpec, pgd
-from smoothguard.evaluation.run import opposite
 from smoothguard.synthetic.synthalm.model import AudioLanguageModel
-from smoothguard.synthetic.synthalm.train import TRIGGER_OFFSET
 from smoothguard.synthetic.synthaudio import (
     HARMFUL_MARKER,
     event_prf,
@@ -25,6 +24,7 @@ from smoothguard.synthetic.synthaudio import (
     score_yes_no,
 )
 from smoothguard.synthetic.synthaudio.clips import split_seed
+from smoothguard.synthetic.training import TRIGGER_OFFSET
 
 MODEL = Path(__file__).resolve().parents[4] / "models" / "synthalm"
 

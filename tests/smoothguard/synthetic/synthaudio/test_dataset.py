@@ -129,7 +129,8 @@ def test_items_carry_their_clip() -> None:
         for item in make_items(clips, task):
             clip = next(c for c in clips if c.seed == item.clip_seed)
             assert item.waveform is clip.waveform and item.events == tuple(clip.events)
-            assert item.image is item.waveform and item.scene_seed == item.clip_seed
+            assert item.media is item.waveform and item.source_seed == item.clip_seed
+            assert not hasattr(item, "image") and not hasattr(item, "scene_seed")
     with pytest.raises(ValueError):
         make_items(clips, "caption")  # type: ignore[arg-type]
 

@@ -147,6 +147,7 @@ def test_items_carry_their_scene() -> None:
         for item in make_items(scenes, task):
             scene = next(s for s in scenes if s.seed == item.scene_seed)
             assert item.image is scene.image and item.objects == tuple(scene.objects)
+            assert item.media is item.image and item.source_seed == item.scene_seed
             assert item.task == task and (item.sampling is None) == (task != "pope")
     with pytest.raises(ValueError):
         make_items(scenes, "caption")  # type: ignore[arg-type]

@@ -13,7 +13,8 @@ from smoothguard.adapters.mllm import VisionLanguageModel
 from smoothguard.synthetic.synthpope import HARMFUL_MARKER, load_benchmark
 from smoothguard.synthetic.synthvlm.architecture import ModelConfig, build_model, build_processor
 from smoothguard.synthetic.synthvlm.tokenizer import build_tokenizer
-from smoothguard.synthetic.synthvlm.train import TrainConfig, answer_loss, train
+from smoothguard.synthetic.synthvlm.train import TrainConfig, train
+from smoothguard.synthetic.training import answer_loss
 
 
 def test_tokenizer_knows_every_benchmark_word() -> None:

@@ -22,7 +22,7 @@ from smoothguard.synthetic.synthpope import (
     score_yes_no,
 )
 from smoothguard.synthetic.synthpope.scenes import split_seed
-from smoothguard.synthetic.synthvlm.train import TRIGGER_OFFSET
+from smoothguard.synthetic.training import TRIGGER_OFFSET
 
 MODEL = Path(__file__).resolve().parents[4] / "models" / "synthvlm"
 
