@@ -283,7 +283,22 @@ def markdown(results: dict[str, Any]) -> str:
             lines.append(f"| {name} | {cells} |")
     totals = " | ".join(f"**{sum(cpu[label].values()):.2f}**" for label in labels)
     lines += [f"| total | {totals} |", ""]
+    for name, ok in results.get("checks", {}).items():
+        lines.append(f"- check: {name}: {'passed' if ok else 'FAILED'}")
     return "\n".join(lines)
+
+
+def accounting_checks(results: dict[str, Any]) -> dict[str, bool]:
+    """Whether the CPU attribution is believable (the benchmark's own bars, not CI's): an
+    undefended request leaves the defense's stubs idle (they tick a little: Triton checks on
+    them), and a defended one costs the model more than a bare request does."""
+    bare = results["perf"]["mllm"][0]["cpu_ms_per_request"]
+    defended = results["perf"]["smoothguard"][0]["cpu_ms_per_request"]
+    idle = max(bare.get(step, 0.0) for step in ("noise", "generate", "embedder", "aggregate"))
+    return {
+        "idle defense steps under a tenth of the bare model's CPU": idle < bare["mllm"] / 10,
+        "defended model CPU above the bare model's": defended["mllm"] > bare["mllm"],
+    }
 
 
 def paired_rounds(
@@ -422,11 +437,12 @@ def main(argv: list[str] | None = None) -> int:
                 results["saturation"] = {"concurrency": c, "rounds": rounds}
         client.close()
     results["summary"] = summary(results)
+    results["checks"] = accounting_checks(results)
     (out / "results.json").write_text(json.dumps(results, indent=2))
     (out / "results.md").write_text(markdown(results))
     plot(results, out / "latency_vs_throughput.png")
     print((out / "results.md").read_text())
-    return 0
+    return 0 if all(results["checks"].values()) else 1
 
 
 if __name__ == "__main__":

@@ -80,6 +80,29 @@ def wait_serving(
     pytest.fail(f"smoothguard did not recover after {after}: {last}")
 
 
+def wait_for(check: Callable[[], bool], timeout_s: float, what: str) -> None:
+    """Poll a condition (a bounded wait on what the test needs, never a fixed pause)."""
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.02)
+
+
+IN_FLIGHT = "smoothguard_gateway_in_flight"  # inference calls inside the server now
+
+
+@pytest.fixture
+def serving(fault_server: TritonServer) -> TritonServer:
+    """The fault server running and answering, whatever the test before left behind (the
+    SIGTERM and restart tests stop it; the killed-stub test leaves a restart behind): every
+    test sets up its own precondition instead of relying on the order they run in."""
+    if fault_server.process is None or fault_server.process.poll() is not None:
+        fault_server.start(timeout_s=240)
+    wait_serving(grpcclient.InferenceServerClient(url(fault_server)), "the last test")
+    wait_for(lambda: fault_server.metric(IN_FLIGHT) == 0, 60, "an earlier call is still inside")
+    return fault_server
+
+
 def generate_inputs(client: grpcclient.InferenceServerClient) -> list[grpcclient.InferInput]:
     """What the ensemble hands the generate step: the noise step's output and the options."""
     noisy = client.infer("noise", ask_inputs(num_samples=3), client_timeout=TIMEOUT_S)
@@ -97,10 +120,10 @@ def failure(call: Any) -> InferenceServerException:
     return info.value
 
 
-def test_a_model_that_raises_fails_cleanly(fault_server: TritonServer) -> None:
-    client = grpcclient.InferenceServerClient(url(fault_server))
+def test_a_model_that_raises_fails_cleanly(serving: TritonServer) -> None:
+    client = grpcclient.InferenceServerClient(url(serving))
     inputs = generate_inputs(client)
-    direct = failure(lambda: client.infer("raising_mllm", mllm_inputs(inputs), client_timeout=30))
+    direct = failure(lambda: client.infer("raising_mllm", mllm_inputs(), client_timeout=30))
     assert "injected failure" in direct.message(), direct
     via_generate = failure(lambda: client.infer("generate_raising", inputs, client_timeout=30))
     message = via_generate.message()
@@ -108,15 +131,15 @@ def test_a_model_that_raises_fails_cleanly(fault_server: TritonServer) -> None:
     assert_serving(client)
 
 
-def mllm_inputs(generate: list[grpcclient.InferInput]) -> list[grpcclient.InferInput]:
+def mllm_inputs() -> list[grpcclient.InferInput]:
     """One row for an mllm-shaped model."""
     pixels = np.zeros((1, 3, 8, 8), np.float32)
     prompt = np.array([[b"Describe the image."]], np.object_)
     return [tensor("PIXEL_VALUES", pixels, "FP32"), tensor("PROMPT", prompt, "BYTES")]
 
 
-def test_a_slow_model_hits_the_generate_timeout(fault_server: TritonServer) -> None:
-    client = grpcclient.InferenceServerClient(url(fault_server))
+def test_a_slow_model_hits_the_generate_timeout(serving: TritonServer) -> None:
+    client = grpcclient.InferenceServerClient(url(serving))
     config = client.get_model_config("generate_slow").config
     timeout_s = int(config.parameters["mllm_timeout_s"].string_value)
     inputs = generate_inputs(client)
@@ -128,20 +151,14 @@ def test_a_slow_model_hits_the_generate_timeout(fault_server: TritonServer) -> N
     assert elapsed < timeout_s + 5, elapsed
     # A caller's own deadline on the slow model ends the call on time too.
     started = time.monotonic()
-    deadline = failure(lambda: client.infer("slow_mllm", mllm_inputs(inputs), client_timeout=1.0))
+    deadline = failure(lambda: client.infer("slow_mllm", mllm_inputs(), client_timeout=1.0))
     assert deadline.status() == "StatusCode.DEADLINE_EXCEEDED", deadline
     assert time.monotonic() - started < 5
     assert_serving(client)
 
 
-def _tensor(name: str, array: np.ndarray, dtype: str) -> grpcclient.InferInput:
-    tensor = grpcclient.InferInput(name, list(array.shape), dtype)
-    tensor.set_data_from_numpy(array)
-    return tensor
-
-
-def test_client_cancellation_leaves_the_server_healthy(fault_server: TritonServer) -> None:
-    client = grpcclient.InferenceServerClient(url(fault_server))
+def test_client_cancellation_leaves_the_server_healthy(serving: TritonServer) -> None:
+    client = grpcclient.InferenceServerClient(url(serving))
     outcome: dict[str, Any] = {}
     done = threading.Event()
 
@@ -149,24 +166,22 @@ def test_client_cancellation_leaves_the_server_healthy(fault_server: TritonServe
         outcome["result"], outcome["error"] = result, error
         done.set()
 
-    # slow_mllm takes 8 s, so the call is surely still in flight when it is cancelled (the
-    # real smoothguard can answer even a heavy request within the 0.5 s).
-    inputs = [
-        _tensor("PIXEL_VALUES", np.zeros((1, 3, 8, 8), np.float32), "FP32"),
-        _tensor("PROMPT", np.array([[b"Describe the image."]], np.object_), "BYTES"),
-    ]
-    context = client.async_infer("slow_mllm", inputs, callback, client_timeout=TIMEOUT_S)
-    time.sleep(0.5)
+    # slow_mllm answers after 8 s: the call is cancelled once the server has it in flight.
+    context = client.async_infer("slow_mllm", mllm_inputs(), callback, client_timeout=TIMEOUT_S)
+    wait_for(lambda: serving.metric(IN_FLIGHT) >= 1, 10, "the call never reached the server")
+    assert not done.is_set(), outcome
     context.cancel()
     assert done.wait(10), "a cancelled call must end at once"
     assert outcome["error"] is not None, "the call finished before it was cancelled"
     assert "CANCELLED" in str(outcome["error"].status()), outcome["error"]
+    # The server lets go of it: nothing is left in flight (well before slow_mllm's 8 s).
+    wait_for(lambda: serving.metric(IN_FLIGHT) == 0, 5, "the cancelled call is still inside")
     assert_serving(client)
 
 
-def test_client_disconnect_mid_call_leaves_the_server_healthy(fault_server: TritonServer) -> None:
+def test_client_disconnect_mid_call_leaves_the_server_healthy(serving: TritonServer) -> None:
     """A client process killed mid-call: its connection drops with the request in flight."""
-    client = grpcclient.InferenceServerClient(url(fault_server))
+    client = grpcclient.InferenceServerClient(url(serving))
     script = (
         "import sys, numpy as np, tritonclient.grpc as g\n"
         "def t(n, a, w):\n"
@@ -179,47 +194,53 @@ def test_client_disconnect_mid_call_leaves_the_server_healthy(fault_server: Trit
         "print('answered', flush=True)\n"
     )
     child = subprocess.Popen(
-        [sys.executable, "-c", script, url(fault_server)], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", script, url(serving)], stdout=subprocess.PIPE, text=True
     )
     assert child.stdout is not None
     assert child.stdout.readline().strip() == "sending"
-    time.sleep(1.0)
+    wait_for(lambda: serving.metric(IN_FLIGHT) >= 1, 10, "the call never reached the server")
     assert child.poll() is None, "the request finished before the client could be killed"
     child.kill()
     child.wait(10)
+    # The dropped call ends at the server too (well before slow_mllm's 8 s), not only at
+    # the client.
+    wait_for(lambda: serving.metric(IN_FLIGHT) == 0, 5, "the dropped call is still inside")
     assert_serving(client)
 
 
-def test_sigterm_drains_in_flight_requests_first(fault_server: TritonServer) -> None:
-    """SIGTERM to the supervisor: the gateway refuses new requests, the eight in flight finish
-    (Triton's own drain alone would refuse their next ensemble step: "Server is stopping"),
-    and only then does tritonserver stop; exit status 0."""
-    if fault_server.process is None or fault_server.process.poll() is not None:
-        fault_server.start(timeout_s=240)
-    client = grpcclient.InferenceServerClient(url(fault_server))
-    in_flight = "smoothguard_gateway_in_flight"
-    results: dict[int, Any] = {}
+def test_sigterm_drains_in_flight_requests_first(serving: TritonServer) -> None:
+    """SIGTERM to the supervisor while requests are inside: the gateway refuses new ones, those
+    in flight finish (Triton's own drain alone would refuse their next ensemble step: "Server
+    is stopping"), and only then does tritonserver stop; exit status 0. In flight means in
+    flight when the signal lands: eight heavy defended requests, which the 2 mllm instances
+    answer over a second or more, and one call to slow_mllm, which answers 8 s later."""
+    client = grpcclient.InferenceServerClient(url(serving))
+    results: dict[str, Any] = {}
+    finished: dict[str, float] = {}
 
-    def one(index: int) -> None:
+    def one(key: str, model: str, inputs: list[grpcclient.InferInput]) -> None:
         try:
-            out = client.infer("smoothguard", heavy_inputs(), client_timeout=TIMEOUT_S)
-            results[index] = out.as_numpy("TEXT")[0]
+            out = client.infer(model, inputs, client_timeout=TIMEOUT_S)
+            results[key] = out.as_numpy("TEXT").reshape(-1)[0]
         except InferenceServerException as exc:
-            results[index] = exc
+            results[key] = exc
+        finished[key] = time.monotonic()
 
-    workers = [threading.Thread(target=one, args=(i,)) for i in range(8)]
+    calls = [(f"smoothguard {i}", "smoothguard", heavy_inputs()) for i in range(8)]
+    calls.append(("slow_mllm", "slow_mllm", mllm_inputs()))
+    workers = [threading.Thread(target=one, args=call) for call in calls]
     for worker in workers:
         worker.start()
-    deadline = time.monotonic() + 30  # N=64 takes ~0.3 s idle: inside together only briefly
-    while fault_server.metric(in_flight) < 8:
-        assert time.monotonic() < deadline, "the requests were not in flight together"
-        time.sleep(0.01)
-    assert fault_server.process is not None
-    fault_server.process.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + 10  # draining: the gateway reports not ready
-    while client.is_server_ready():
-        assert time.monotonic() < deadline, "the server still reports ready after SIGTERM"
-        time.sleep(0.05)
+    wait_for(
+        lambda: serving.metric(IN_FLIGHT) >= len(calls),
+        30,  # N=64 takes ~0.3 s idle: the eight are inside together only briefly
+        "the requests were not in flight together",
+    )
+    assert serving.process is not None
+    serving.process.send_signal(signal.SIGTERM)
+    signalled = time.monotonic()
+    # draining: the gateway reports not ready and refuses what comes now
+    wait_for(lambda: not client.is_server_ready(), 10, "the server still reports ready")
     late = InferenceServerException("not sent")
     try:
         client.infer("smoothguard", ask_inputs(), client_timeout=TIMEOUT_S)
@@ -228,11 +249,17 @@ def test_sigterm_drains_in_flight_requests_first(fault_server: TritonServer) -> 
     assert late.status() == "StatusCode.UNAVAILABLE" and "stopping" in late.message(), late
     for worker in workers:
         worker.join(TIMEOUT_S + 10)
-    failed = {i: r.message() for i, r in results.items() if isinstance(r, Exception)}
-    assert len(results) == 8 and not failed, failed
-    code = fault_server.process.wait(fault_server.exit_timeout_s + 20)
-    assert code == 0, fault_server.log_tail()
-    assert "drained; 0 requests still in flight" in fault_server.log_tail(200)
+    failed = {k: r.message() for k, r in results.items() if isinstance(r, Exception)}
+    assert len(results) == len(calls) and not failed, failed
+    # They were answered after the signal, so the server waited for them (the slow one
+    # surely; at least one defended request too, past the first step of its ensemble).
+    assert finished["slow_mllm"] > signalled
+    assert max(t for k, t in finished.items() if k != "slow_mllm") > signalled, finished
+    code = serving.process.wait(serving.exit_timeout_s + 20)
+    stopped = time.monotonic()
+    assert code == 0, serving.log_tail()
+    assert stopped >= max(finished.values()), "the server stopped before the last answer"
+    assert "drained; 0 requests still in flight" in serving.log_tail(200)
 
 
 def test_clients_retry_through_a_restart(
@@ -251,6 +278,11 @@ def test_clients_retry_through_a_restart(
         except Exception as exc:  # noqa: BLE001 - reported by the assertion below
             outcome[name] = exc
 
+    def retried() -> set[str]:
+        """The calls that have logged a retry so far (ask is `infer`; the rest is health)."""
+        lines = [r.getMessage() for r in caplog.records if "retrying" in r.getMessage()]
+        return {"ask" if line.startswith("infer ") else "health" for line in lines}
+
     with SmoothGuardClient(url(fault_server), retry=policy, timeout_s=TIMEOUT_S) as sg:
         workers = [
             threading.Thread(target=call, args=("health", sg.health)),
@@ -261,7 +293,8 @@ def test_clients_retry_through_a_restart(
         ]
         for worker in workers:
             worker.start()
-        time.sleep(1.5)
+        # Both calls have met the server down and are retrying before it comes back.
+        wait_for(lambda: retried() == {"ask", "health"}, 30, f"no retries: {outcome}")
         assert all(w.is_alive() for w in workers), outcome
         fault_server.start(timeout_s=240)
         for worker in workers:
@@ -269,20 +302,17 @@ def test_clients_retry_through_a_restart(
     assert isinstance(outcome["health"], dict) and outcome["health"]["ready"], outcome
     assert not isinstance(outcome["ask"], Exception), outcome["ask"]
     assert outcome["ask"].num_samples_used == 3
-    retried = [r for r in caplog.records if "retrying" in r.getMessage()]
-    assert len(retried) >= 2, "both calls had to retry while the server was down"
 
 
 def test_a_killed_stub_fails_clearly_comes_back_and_leaves_nothing_behind(
-    fault_server: TritonServer, find_stubs: Callable[[int, str], list[Any]]
+    serving: TritonServer, find_stubs: Callable[[int, str], list[Any]]
 ) -> None:
     """Every mllm stub SIGKILLed with requests in flight: those fail at once with a clear
     error; the watchdog reloads mllm and the server answers again. Triton 2.51 never releases
     an instance that failed requests (docs/reliability.md), so the watchdog then kills the
     replaced stubs and the supervisor restarts tritonserver: afterwards each model has exactly
     its configured stubs and no zombie is left anywhere in the tree."""
-    if fault_server.process is None or fault_server.process.poll() is not None:
-        fault_server.start(timeout_s=240)
+    fault_server = serving
     assert fault_server.process is not None
     client = grpcclient.InferenceServerClient(url(fault_server))
     stubs = find_stubs(fault_server.process.pid, "mllm")  # every instance's stub

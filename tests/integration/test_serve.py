@@ -138,12 +138,14 @@ def test_serve_supervises_heals_restarts_and_drains(tmp_path: Path, server_ports
         # Ctrl-C with eight defended requests in flight: all eight are answered first. (N=64
         # takes ~0.3 s on an idle machine, so all eight are inside together only briefly.)
         results: dict[int, Any] = {}
+        finished: dict[int, float] = {}
 
         def one(index: int) -> None:
             try:
                 results[index] = client.infer("smoothguard", _heavy(), client_timeout=120)
             except InferenceServerException as exc:
                 results[index] = exc
+            finished[index] = time.monotonic()
 
         workers = [threading.Thread(target=one, args=(i,)) for i in range(IN_FLIGHT)]
         for worker in workers:
@@ -154,11 +156,14 @@ def test_serve_supervises_heals_restarts_and_drains(tmp_path: Path, server_ports
             assert time.monotonic() < deadline, "the requests were not in flight together"
             time.sleep(0.01)
         os.killpg(serve.pid, signal.SIGINT)
+        signalled = time.monotonic()
         for worker in workers:
             worker.join(150)
         answered = time.monotonic()
         failed = {i: r.message() for i, r in results.items() if isinstance(r, Exception)}
         assert len(results) == IN_FLIGHT and not failed, failed
+        # Answered after the Ctrl-C, so the stop waited for them (not all done before it).
+        assert max(finished.values()) > signalled, (signalled, finished)
         code = serve.wait(60)
         stopped = time.monotonic() - answered
         text = log_path.read_text()

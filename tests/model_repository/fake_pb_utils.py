@@ -2,6 +2,10 @@
 
 It exists only so the adapters' own logic (fan-out, error mapping, failure modes) can be
 tested without a server; the integration tests run the same files inside real Triton.
+
+DLPack as the stub does it (Tensor.from_dlpack / to_dlpack / is_cpu): a tensor made from DLPack
+shares the producer's memory, on the producer's device, and as_numpy() refuses a tensor that
+is not in host memory. torch does the DLPack work here (any device torch has).
 """
 
 from __future__ import annotations
@@ -26,18 +30,60 @@ class TritonError:
         return self._code
 
 
+class TritonModelException(Exception):
+    pass
+
+
 class Tensor:
     def __init__(self, name: str, array: np.ndarray) -> None:
         self._name, self._array = name, np.asarray(array)
+        self._dlpack: Any = None  # the torch tensor behind one made by from_dlpack
+
+    @classmethod
+    def from_dlpack(cls, name: str, source: Any) -> Tensor:
+        """A tensor sharing the memory of `source` (a DLPack capsule, or an object with
+        __dlpack__), on its device: no copy, as in the stub."""
+        from torch.utils.dlpack import from_dlpack
+
+        tensor = cls.__new__(cls)
+        tensor._name, tensor._array, tensor._dlpack = name, None, from_dlpack(source)
+        return tensor
 
     def name(self) -> str:
         return self._name
 
+    def is_cpu(self) -> bool:
+        return self._dlpack is None or self._dlpack.device.type == "cpu"
+
     def as_numpy(self) -> np.ndarray:
+        if self._array is None:
+            if not self.is_cpu():
+                raise TritonModelException(
+                    "Tensor is stored in GPU and cannot be converted to NumPy."
+                )
+            self._array = self._dlpack.numpy()  # a view: same memory
         return self._array
 
+    def to_dlpack(self) -> Any:
+        """A DLPack capsule of this tensor's own memory (no copy)."""
+        import torch
+        from torch.utils.dlpack import to_dlpack
+
+        if self._dlpack is not None:
+            return to_dlpack(self._dlpack)
+        if self._array.dtype == np.object_:
+            raise TritonModelException("BYTES tensors cannot be shared by DLPack")
+        return to_dlpack(torch.from_numpy(self._array))
+
+    def data_ptr(self) -> int:
+        """Test helper (not in pb_utils): the address of the memory, to check sharing."""
+        if self._dlpack is not None:
+            return int(self._dlpack.data_ptr())
+        return int(self._array.__array_interface__["data"][0])
+
     def shape(self) -> list[int]:
-        return list(self._array.shape)
+        source = self._array if self._dlpack is None else self._dlpack
+        return list(source.shape)
 
 
 class InferenceResponse:
@@ -57,12 +103,32 @@ class InferenceResponse:
         return next(t.as_numpy() for t in self._outputs if t.name() == name)
 
 
+TRITONSERVER_RESPONSE_COMPLETE_FINAL = 1
+
+
+class ResponseSender:
+    """A decoupled model's sender: `sent` keeps (response, flags) in order."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[InferenceResponse | None, int]] = []
+
+    def send(self, response: InferenceResponse | None = None, flags: int = 0) -> None:
+        if self.sent and self.sent[-1][1] & TRITONSERVER_RESPONSE_COMPLETE_FINAL:
+            raise TritonModelException("the final response was already sent")
+        self.sent.append((response, flags))
+
+
 class Request:
-    def __init__(self, **inputs: np.ndarray) -> None:
-        self.inputs = [Tensor(k, v) for k, v in inputs.items()]
+    def __init__(self, **inputs: Any) -> None:
+        # numpy arrays, or Tensors as they are (e.g. made from DLPack)
+        self.inputs = [v if isinstance(v, Tensor) else Tensor(k, v) for k, v in inputs.items()]
+        self.sender = ResponseSender()
 
     def request_id(self) -> str:
         return "test-request"
+
+    def get_response_sender(self) -> ResponseSender:
+        return self.sender
 
 
 class Logger:
@@ -122,8 +188,9 @@ class MetricFamily:
         return metric
 
 
-# The test installs what a BLS call does: a coroutine taking the InferenceRequest.
-bls_handler: Callable[[InferenceRequest], Awaitable[InferenceResponse]] | None = None
+# The test installs what a BLS call does: a coroutine taking the InferenceRequest (returning
+# one response, or for a decoupled call the list of responses).
+bls_handler: Callable[[InferenceRequest], Awaitable[Any]] | None = None
 
 
 class InferenceRequest:
@@ -133,9 +200,11 @@ class InferenceRequest:
             requested_output_names,
             inputs,
         )
+        self.decoupled = False  # how async_exec was called
 
-    def async_exec(self) -> Awaitable[InferenceResponse]:
+    def async_exec(self, decoupled: bool = False) -> Awaitable[Any]:
         assert bls_handler is not None, "test must set fake_pb_utils.bls_handler"
+        self.decoupled = decoupled
         return bls_handler(self)
 
 

@@ -168,19 +168,55 @@ def test_noisy_copies_rejects_bad_settings(kwargs: dict, message: str) -> None:
         noisy_copies(_tone(), **args)
 
 
+class _Marked(np.ndarray):
+    """An array made by the stand-in array module below."""
+
+
+def _stand_in_array_module() -> types.SimpleNamespace:
+    """NumPy under another name, as CuPy would be on a GPU: every array its functions return
+    is _Marked, so an array the audio code made with NumPy itself comes out unmarked."""
+
+    def marked(function: object) -> object:
+        def call(*args: object, **kwargs: object) -> object:
+            result = function(*args, **kwargs)  # type: ignore[operator]
+            return result.view(_Marked) if isinstance(result, np.ndarray) else result
+
+        return call
+
+    names = ("asarray", "empty", "full", "sqrt", "mean", "maximum", "multiply", "clip")
+    return types.SimpleNamespace(
+        float32=np.float32, **{name: marked(getattr(np, name)) for name in names}
+    )
+
+
 def test_noise_follows_the_array_module(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The module asks xp.array_module for its arrays (CuPy on GPU) instead of assuming NumPy."""
+    """The module asks xp.array_module for its arrays (CuPy on GPU) instead of assuming NumPy:
+    with a stand-in module, every array it returns was made by that module, from the array it
+    was asked about, and holds the same numbers as with NumPy."""
     import smoothguard.core.audio as audio
 
-    seen: list[object] = []
+    clip = _tone()
+    expected = audio.noisy_copies(clip, num_samples=3, sigma=0.1, rng=make_rng(np, 0))
+    expected_absolute = audio.noise_std(clip[None], 0.2, unit="absolute")
+    fake = _stand_in_array_module()
+    asked: list[object] = []
 
-    def spy(arr: object) -> types.ModuleType:
-        seen.append(arr)
-        return np
+    def array_module(arr: object) -> types.SimpleNamespace:
+        asked.append(arr)
+        return fake
 
-    monkeypatch.setattr(audio, "array_module", spy)
-    audio.noisy_copies(_tone(), num_samples=2, sigma=0.1, rng=make_rng(np, 0))
-    assert seen
+    monkeypatch.setattr(audio, "array_module", array_module)
+    copies = audio.noisy_copies(clip, num_samples=3, sigma=0.1, rng=make_rng(np, 0))
+    assert asked[0] is clip, "the array module must be the input's own"
+    assert isinstance(copies, _Marked), "the copies were not made by the input's array module"
+    np.testing.assert_array_equal(copies, expected)
+    assert isinstance(audio.rms(clip), _Marked)
+    relative = audio.noise_std(clip, 0.2)
+    assert isinstance(relative, _Marked)
+    np.testing.assert_allclose(relative, 0.2 * rms(clip), rtol=1e-6)
+    absolute = audio.noise_std(clip[None], 0.2, unit="absolute")
+    assert isinstance(absolute, _Marked)
+    np.testing.assert_array_equal(absolute, expected_absolute)
 
 
 def test_audio_pipeline_votes_over_noisy_waveforms() -> None:
@@ -202,7 +238,7 @@ def test_audio_pipeline_votes_over_noisy_waveforms() -> None:
     x = _tone()
     options = resolve_options(settings, sigma=0.25, num_samples=6, seed=1)
     out = guard.defend(x, "Is there a low tone in the audio?", options)
-    assert out.text == "yes" and out.num_samples == 6
+    assert out.text == "yes" and out.num_samples_used == 6
     assert seen[0].shape == (6, 16000)
     np.testing.assert_array_equal(seen[0][0], x)
     assert (seen[0][1:] - x).std() == pytest.approx(0.25 * float(rms(x)[0]), rel=0.05)

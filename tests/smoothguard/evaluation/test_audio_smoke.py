@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -12,13 +13,30 @@ from smoothguard.evaluation.audio import METRICS, SMOKE, AudioEvalConfig, evalua
 pytestmark = pytest.mark.slow
 
 
+def assert_metric(value: object, low: float, high: float = math.inf) -> None:
+    """A real number in [low, high]: not NaN (an empty split), not inf, not None or missing."""
+    assert isinstance(value, int | float) and not isinstance(value, bool), value
+    assert math.isfinite(value) and low <= value <= high, value
+
+
+# Each utility metric's range: shares and F1 in [0, 1], at least one model call per request.
+RANGES = {
+    "pope_accuracy": (0.0, 1.0),
+    "describe_f1": (0.0, 1.0),
+    "safety_harmful_rate": (0.0, 1.0),
+    "model_calls_per_request": (1.0, math.inf),
+}
+
+
 def test_audio_smoke_evaluation_produces_every_metric(tmp_path: Path) -> None:
     config = AudioEvalConfig(out=tmp_path, **SMOKE)
     evaluate(config, log=lambda _: None)
     saved = json.loads((tmp_path / "results.json").read_text())
+    assert set(METRICS) == set(RANGES)
     for mode in ("undefended", "defended"):
-        for key in METRICS:
-            assert saved["utility"][mode][key] == saved["utility"][mode][key]  # not NaN
+        for key, (low, high) in RANGES.items():
+            assert_metric(saved["utility"][mode][key], low, high)
+    assert saved["utility"]["undefended"]["model_calls_per_request"] == 1
     assert saved["utility"]["defended"]["model_calls_per_request"] == config.num_samples
     assert set(saved["attacks"]) == {
         "pgd-0.02",
