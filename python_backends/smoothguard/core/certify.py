@@ -1,0 +1,131 @@
+"""Certified answers for closed questions: Cohen, Rosenfeld and Kolter's CERTIFY (ICML 2019).
+
+For an answer set the prompt fixes (yes/no), the smoothed model answers the class that noisy
+copies answer most often. With probability at least 1 - alpha over the noise, no input within
+L2 distance ``sigma * inv_Phi(p_lower)`` of this one makes the smoothed model answer anything
+else, where ``p_lower`` is a one-sided Clopper-Pearson lower bound on the top class's share
+among independent draws. The class is chosen on separate *selection* draws so that the
+estimation draws stay unbiased; when ``p_lower`` is not above 1/2 the answer abstains.
+
+The radius is in the unit of ``sigma``: pixel units ([0, 1] per channel) at the model's input
+resolution when the noise is drawn in pixel units. Written with the standard library only
+(a bisection on the exact binomial tail), so the served models need no SciPy; the tests hold
+it against ``scipy.stats.beta.ppf``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from statistics import NormalDist
+
+YES_NO: tuple[str, ...] = ("yes", "no")
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+@dataclass(frozen=True)
+class Certificate:
+    """What CERTIFY concluded. `label` None means abstain (radius 0)."""
+
+    label: str | None
+    radius: float
+    p_lower: float
+    selection_counts: dict[str, int]
+    estimation_counts: dict[str, int]
+
+    @property
+    def certified(self) -> bool:
+        return self.label is not None
+
+
+def answer_class(text: str, classes: Sequence[str] = YES_NO) -> str | None:
+    """The class an answer names by its first word ("Yes, there is." -> "yes"); None when
+    the answer is outside the set, which counts against every class."""
+    words = _WORD.findall(text.lower())
+    if not words:
+        return None
+    return words[0] if words[0] in classes else None
+
+
+def _log_binom_pmf(k: int, n: int, p: float) -> float:
+    if p <= 0.0:
+        return 0.0 if k == 0 else -math.inf
+    if p >= 1.0:
+        return 0.0 if k == n else -math.inf
+    return (
+        math.lgamma(n + 1)
+        - math.lgamma(k + 1)
+        - math.lgamma(n - k + 1)
+        + k * math.log(p)
+        + (n - k) * math.log1p(-p)
+    )
+
+
+def _upper_tail(k: int, n: int, p: float) -> float:
+    """P(X >= k) for X ~ Binomial(n, p), summed in log space: exact, and fast for the
+    hundreds of draws a request makes."""
+    logs = [_log_binom_pmf(i, n, p) for i in range(k, n + 1)]
+    top = max(logs)
+    if top == -math.inf:
+        return 0.0
+    return min(1.0, math.exp(top) * math.fsum(math.exp(v - top) for v in logs))
+
+
+def clopper_pearson_lower(successes: int, trials: int, alpha: float) -> float:
+    """One-sided (1 - alpha) Clopper-Pearson lower bound on a binomial proportion: the p at
+    which seeing `successes` or more would have had probability alpha."""
+    if trials < 1 or not 0 <= successes <= trials:
+        raise ValueError(f"need 0 <= successes <= trials and trials >= 1, got {successes}/{trials}")
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    if successes == 0:
+        return 0.0
+    lo, hi = 0.0, 1.0  # the tail grows with p: bisect for tail(p) == alpha
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        if _upper_tail(successes, trials, mid) < alpha:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo < 1e-12:
+            break
+    return lo
+
+
+def _counts(texts: Iterable[str], classes: Sequence[str]) -> Counter[str]:
+    counts: Counter[str] = Counter()
+    for text in texts:
+        label = answer_class(text, classes)
+        if label is not None:
+            counts[label] += 1
+    return counts
+
+
+def certify(
+    selection: Sequence[str],
+    estimation: Sequence[str],
+    *,
+    sigma: float,
+    alpha: float,
+    classes: Sequence[str] = YES_NO,
+) -> Certificate:
+    """CERTIFY from the answers to two independent sets of noisy copies (the clean input is
+    not among them: the guarantee is about the noise distribution)."""
+    if not selection or not estimation:
+        raise ValueError("certify needs selection and estimation draws")
+    if not sigma > 0:
+        raise ValueError(f"sigma must be > 0 to certify, got {sigma}")
+    chosen = _counts(selection, classes)
+    counted = _counts(estimation, classes)
+    if not chosen:
+        return Certificate(None, 0.0, 0.0, dict(chosen), dict(counted))
+    # Ties break by the answer set's order, so the choice is a function of the counts alone.
+    label = max(classes, key=lambda c: (chosen[c], -classes.index(c)))
+    p_lower = clopper_pearson_lower(counted[label], len(estimation), alpha)
+    if p_lower <= 0.5:
+        return Certificate(None, 0.0, p_lower, dict(chosen), dict(counted))
+    radius = sigma * NormalDist().inv_cdf(p_lower)
+    return Certificate(label, radius, p_lower, dict(chosen), dict(counted))
