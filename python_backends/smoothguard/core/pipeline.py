@@ -7,6 +7,7 @@ client decodes from the served endpoint (smoothguard.core.answer).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 
@@ -14,6 +15,7 @@ import numpy as np
 
 from smoothguard.core.aggregate import select_one
 from smoothguard.core.answer import DefendedAnswer
+from smoothguard.core.certify import YES_NO, Certificate, certify
 from smoothguard.core.noise import make_rng, noisy_copies
 from smoothguard.core.policy import decide
 from smoothguard.core.sampling import Sampling
@@ -76,6 +78,35 @@ class SmoothGuard:
             original_text=texts[0],
             candidates=tuple(texts),
             latency_s=time.perf_counter() - started,
+        )
+
+    def certify(
+        self,
+        pixel_values: np.ndarray,
+        prompt: str,
+        options: RequestOptions,
+        *,
+        selection_draws: int,
+        estimation_draws: int,
+        alpha: float,
+        batch: int = 64,
+        classes: Sequence[str] = YES_NO,
+    ) -> Certificate:
+        """Cohen et al.'s CERTIFY for a closed question about this image, at options.sigma in
+        the settings' noise unit (the radius is L2 in that unit). Every draw is noisy: the
+        guarantee is about the noise distribution, so the clean copy takes no part."""
+        draws = selection_draws + estimation_draws
+        wanted = dataclasses.replace(options, num_samples=draws + 1)
+        copies = self.noisy_copies(pixel_values, wanted)[1:]  # copy 0 is the clean image
+        texts: list[str] = []
+        for lo in range(0, draws, batch):
+            texts += self._generate(copies[lo : lo + batch], prompt, options.max_new_tokens)
+        return certify(
+            texts[:selection_draws],
+            texts[selection_draws:],
+            sigma=options.sigma,
+            alpha=alpha,
+            classes=classes,
         )
 
     def noisy_copies(self, pixel_values: np.ndarray, options: RequestOptions) -> np.ndarray:

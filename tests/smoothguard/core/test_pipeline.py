@@ -150,3 +150,40 @@ def test_contract_violations_are_errors() -> None:
         bad_embed.defend(image(), "q", options(s, num_samples=3))
     with pytest.raises(ValueError, match=r"\[3, H, W\]"):
         short.defend(image()[None], "q", options(s))
+
+
+def brightness_model(images: np.ndarray, prompt: str, max_new_tokens: int) -> list[str]:
+    """ "yes" when the copy's mean (normalised) is positive: a smooth classifier to certify."""
+    return ["yes" if float(im.mean()) > 0 else "no" for im in images]
+
+
+def test_certify_draws_only_noisy_copies_in_batches_and_certifies() -> None:
+    s = DefenseSettings(noise_unit="pixel")
+    seen: list[int] = []
+    clean = np.full((3, 8, 8), 0.8, np.float32)  # pixel 0.7 in [0, 1]: far above the mean
+
+    def model(images: np.ndarray, prompt: str, max_new_tokens: int) -> list[str]:
+        seen.append(len(images))
+        assert not any(np.array_equal(im, clean) for im in images), "the clean copy was asked"
+        return brightness_model(images, prompt, max_new_tokens)
+
+    guard = SmoothGuard(model, embed, image_mean=MEAN, image_std=STD, settings=s)
+    opts = options(s, num_samples=2, sigma=0.25)
+    result = guard.certify(
+        clean, "is it bright?", opts, selection_draws=10, estimation_draws=100, alpha=0.001,
+        batch=32,
+    )  # fmt: skip
+    assert seen == [32, 32, 32, 14]
+    assert result.label == "yes" and result.radius > 0.25  # p_lower > 0.84 at this margin
+    assert sum(result.estimation_counts.values()) == 100
+
+
+def test_certify_abstains_at_the_decision_boundary() -> None:
+    s = DefenseSettings(noise_unit="pixel")
+    guard = SmoothGuard(brightness_model, embed, image_mean=MEAN, image_std=STD, settings=s)
+    boundary = np.zeros((3, 8, 8), np.float32)  # exactly the mean: a coin flip under noise
+    result = guard.certify(
+        boundary, "is it bright?", options(s, num_samples=2, sigma=0.25),
+        selection_draws=10, estimation_draws=100, alpha=0.001,
+    )  # fmt: skip
+    assert result.label is None and result.radius == 0.0
