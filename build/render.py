@@ -212,10 +212,13 @@ def substitutions(profile: dict[str, Any]) -> dict[str, str]:
         values["audio_mllm_path"] = _resolve_path(profile["audio"]["model_path"])
     if values["generate_fanout"] not in ("requests", "batch"):
         raise RenderError("steps.generate_fanout must be 'requests' or 'batch'")
-    if int(embedder["max_batch_size"]) < defense.num_samples_max:
+    # A certify request's candidates go to the embedder as one batch too: 1 + n0 + n rows.
+    rows = max(defense.num_samples_max, defense.certify_draws if defense.allow_certify else 0)
+    if int(embedder["max_batch_size"]) < rows:
         raise RenderError(
-            "embedder.max_batch_size must be >= defense.num_samples_max: the ensemble sends all "
-            "N candidates to the embedder as one batch"
+            f"embedder.max_batch_size {embedder['max_batch_size']} < {rows}: the ensemble sends "
+            "all of a request's candidates to the embedder as one batch (defense.num_samples_max"
+            ", and while allow_certify, 1 + certify_selection_draws + certify_estimation_draws)"
         )
     return {k: str(v) for k, v in values.items()}
 

@@ -129,7 +129,9 @@ DECISION_STYLES = {
     "abstained": "yellow",
     "refused": "bold red",
 }
-DEFENSE_OPTIONS = ("sigma", "num_samples", "seed", "policy", "candidates", "adaptive")
+DEFENSE_OPTIONS = (
+    "sigma", "num_samples", "seed", "policy", "candidates", "adaptive", "certify", "answer_set",
+)  # fmt: skip
 
 
 def _configure_ask(parser: argparse.ArgumentParser) -> None:
@@ -157,6 +159,17 @@ def _configure_ask(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="stop after a few samples when they agree (default: the server's setting)",
     )
+    parser.add_argument(
+        "--certify",
+        action="store_true",
+        help="certified answer to a closed question (Cohen et al.'s CERTIFY; images only)",
+    )
+    parser.add_argument(
+        "--answer-set",
+        type=parse_answer_set,
+        metavar="A,B,...",
+        help="the answers the prompt allows, with --certify (default: the server's yes,no)",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     parser.add_argument(
         "--undefended",
@@ -171,6 +184,14 @@ def _configure_ask(parser: argparse.ArgumentParser) -> None:
     add_connection_arguments(parser, timeout_s=120.0)
 
 
+def parse_answer_set(text: str) -> tuple[str, ...]:
+    """ "yes,no" -> ("yes", "no"), for --answer-set; the server checks the words themselves."""
+    words = tuple(w.strip() for w in text.split(","))
+    if not all(words):
+        raise argparse.ArgumentTypeError(f"expected comma-separated answers, got {text!r}")
+    return words
+
+
 def render_answer(answer: DefendedAnswer, console: Console, *, candidates: bool = False) -> None:
     """The answer, then the evidence behind it (the vote), for a person to judge."""
     console.print(Panel(Text(answer.text), title="answer", title_align="left"))
@@ -181,6 +202,9 @@ def render_answer(answer: DefendedAnswer, console: Console, *, candidates: bool 
     table.add_row("decision", Text(answer.decision, style=style))
     if answer.reason:
         table.add_row("reason", Text(answer.reason))
+    if answer.certified or answer.reason == "not_certified":
+        radius = f" (L2 radius {answer.certified_radius:.4g}, pixel units)"
+        table.add_row("certified", "yes" + radius if answer.certified else "no")
     majority, minority = answer.cluster_sizes
     table.add_row("agreement", f"{answer.agreement:.0%}")
     table.add_row("cluster sizes", f"{majority} / {minority}  (majority / the rest)")
@@ -225,6 +249,12 @@ def run_ask(args: argparse.Namespace, console: Console) -> int:
         "return_candidates": args.candidates,
         "adaptive": args.adaptive,
     }
+    if args.certify or args.answer_set is not None:
+        if args.audio is not None:
+            args.parser.error("--certify and --answer-set apply to images only")
+        if not args.certify:
+            args.parser.error("--answer-set applies only with --certify")
+        options |= {"certify": True, "answer_set": args.answer_set}
     endpoint = {} if args.model is None else {"audio_model" if args.audio else "model": args.model}
     with client_from_args(args, **endpoint) as client:
         if args.audio is not None:

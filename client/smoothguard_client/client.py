@@ -31,7 +31,7 @@ DEFAULT_AUDIO_MODEL = "smoothguard_audio"
 POLICIES = ("answer", "monitor", "abstain", "refuse")
 # The steps of the ensemble; health() reports each so a broken step is named, not guessed.
 PIPELINE_MODELS = ("noise", "generate", "aggregate")
-EMBED_BATCH_SIZE = 64  # the embedder's max_batch_size
+EMBED_BATCH_SIZE = 64  # within the embedder's max_batch_size (64 or more in every profile)
 
 InferInput = grpcclient.InferInput
 log = logging.getLogger("smoothguard_client")
@@ -88,9 +88,11 @@ def build_option_inputs(
     policy: str | None = None,
     return_candidates: bool = False,
     adaptive: bool | None = None,
+    certify: bool = False,
+    answer_set: Sequence[str] | None = None,
 ) -> list[InferInput]:
     """PROMPT and the defense options both endpoints take; unset ones are left out so the
-    server decides."""
+    server decides. `certify` and `answer_set` are smoothguard's certified mode (images)."""
     inputs = [_bytes_input("PROMPT", [_check_text("prompt", prompt)], [1])]
     if sigma is not None:
         inputs.append(_array_input("SIGMA", _float_array("sigma", sigma, [1]), "FP32"))
@@ -110,6 +112,15 @@ def build_option_inputs(
         inputs.append(_array_input("RETURN_CANDIDATES", np.array([True]), "BOOL"))
     if adaptive is not None:
         inputs.append(_array_input("ADAPTIVE", np.array([bool(adaptive)]), "BOOL"))
+    if certify:
+        inputs.append(_array_input("CERTIFY", np.array([True]), "BOOL"))
+    if answer_set is not None:
+        if not certify:
+            raise ValueError("answer_set only applies with certify=True")
+        if isinstance(answer_set, str | bytes):  # "yes,no" would be sent as one answer
+            raise TypeError("answer_set must be a sequence of answers, not one string")
+        words = [_check_text("answer_set[]", a) for a in answer_set]
+        inputs.append(_bytes_input("ANSWER_SET", words, [len(words)]))
     return inputs
 
 
@@ -144,7 +155,9 @@ def build_ask_audio_inputs(
     audio: AudioLike, prompt: str, *, sample_rate: int | None = None, **options: Any
 ) -> list[InferInput]:
     """Inputs for the smoothguard_audio ensemble: a WAV file (path or bytes) or float32 samples
-    with their sample_rate (options: see build_option_inputs)."""
+    with their sample_rate (options: see build_option_inputs; certified mode is for images)."""
+    if options.get("certify") or options.get("answer_set") is not None:
+        raise ValueError("certify is for images (smoothguard); smoothguard_audio has none")
     return _audio_inputs(audio, sample_rate, batch=False) + build_option_inputs(prompt, **options)
 
 
@@ -546,9 +559,15 @@ class SmoothGuardClient(_ClientBase):
         policy: str | None = None,
         return_candidates: bool = False,
         adaptive: bool | None = None,
+        certify: bool = False,
+        answer_set: Sequence[str] | None = None,
         request_id: str | None = None,
     ) -> DefendedAnswer:
-        """Ask the defended model; latency_s covers the whole call, retries included."""
+        """Ask the defended model; latency_s covers the whole call, retries included.
+
+        certify=True answers a closed question by Cohen et al.'s CERTIFY (answer_set: the
+        answers the prompt allows, default yes/no): the answer's `certified` and
+        `certified_radius` say whether and how far it holds (docs/certified.md)."""
         return self._run(
             self._image_call(
                 image,
@@ -560,6 +579,8 @@ class SmoothGuardClient(_ClientBase):
                 policy=policy,
                 return_candidates=return_candidates,
                 adaptive=adaptive,
+                certify=certify,
+                answer_set=answer_set,
                 request_id=request_id,
             )
         )
@@ -692,6 +713,8 @@ class AsyncSmoothGuardClient(_ClientBase):
         policy: str | None = None,
         return_candidates: bool = False,
         adaptive: bool | None = None,
+        certify: bool = False,
+        answer_set: Sequence[str] | None = None,
         request_id: str | None = None,
     ) -> DefendedAnswer:
         """Ask the defended model; image loading runs in a thread to keep the loop free."""
@@ -706,6 +729,8 @@ class AsyncSmoothGuardClient(_ClientBase):
             policy=policy,
             return_candidates=return_candidates,
             adaptive=adaptive,
+            certify=certify,
+            answer_set=answer_set,
             request_id=request_id,
         )
         return await self._run(call)

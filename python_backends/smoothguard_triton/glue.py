@@ -21,7 +21,7 @@ from smoothguard.core.settings import (
     parse_options,
     resolve_options,
 )
-from smoothguard.core.validation import decode_prompt, scrub, single_scalar
+from smoothguard.core.validation import decode_answer_set, decode_prompt, scrub, single_scalar
 from smoothguard_triton.metrics import TICKET_KEY
 
 log = logging.getLogger("smoothguard")
@@ -87,15 +87,17 @@ OPTION_INPUTS: tuple[tuple[str, str], ...] = (
     ("POLICY", "policy"),
     ("RETURN_CANDIDATES", "return_candidates"),
     ("ADAPTIVE", "adaptive"),
+    ("CERTIFY", "certify"),
 )
 
 
 def request_options(request: Any, settings: DefenseSettings) -> RequestOptions:
     """The request's optional inputs, defaulted and bounded by the server's settings."""
-    values = {
+    values: dict[str, Any] = {
         keyword: single_scalar(optional_input(request, name), name)
         for name, keyword in OPTION_INPUTS
     }
+    values["answer_set"] = decode_answer_set(optional_input(request, "ANSWER_SET"))
     return resolve_options(settings, **values)
 
 

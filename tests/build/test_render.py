@@ -113,6 +113,22 @@ def test_embedder_batch_must_fit_num_samples(tmp_path: Path) -> None:
         render("cpu", tmp_path / "repo", ["embedder.max_batch_size=8"])
 
 
+def test_embedder_batch_must_fit_a_certify_request_while_certify_is_allowed(tmp_path: Path) -> None:
+    """A certify request sends 1 + 10 + 100 candidates to the embedder in one batch."""
+    with pytest.raises(RenderError, match=r"embedder.max_batch_size 64 < 111"):
+        render("cpu", tmp_path / "a", ["embedder.max_batch_size=64"])
+    render("cpu", tmp_path / "b", ["embedder.max_batch_size=64", "defense.allow_certify=false"])
+    with pytest.raises(ValueError, match="over certify_max_draws 256"):
+        render("cpu", tmp_path / "c", ["defense.certify_estimation_draws=300"])
+
+
+def test_aggregate_reads_the_mllm_processor_for_the_certified_radius(tmp_path: Path) -> None:
+    out = render("cpu", tmp_path / "repo")
+    config = (out / "aggregate" / "config.pbtxt").read_text()
+    assert 'key: "mllm_path" value: { string_value: "mllm_path" }' in config  # no host path
+    assert (out / "aggregate" / "mllm_path" / "processor_config.json").is_file()
+
+
 def test_unknown_profile(tmp_path: Path) -> None:
     with pytest.raises(RenderError, match="unknown profile"):
         render("tpu", tmp_path / "repo")

@@ -321,3 +321,60 @@ def test_a_malformed_header_is_a_usage_error(bad: str, capsys: pytest.CaptureFix
     with pytest.raises(SystemExit) as stop:
         build_parser().parse_args(["health", "--header", bad])
     assert stop.value.code == 2 and "expected NAME=VALUE" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- certified mode
+
+
+def test_ask_certify_sends_the_answer_set_and_shows_the_certificate(
+    fake: type[FakeClient],
+    image: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from dataclasses import replace
+
+    certified = replace(
+        ANSWER, text="yes", reason="certified", certified=True, certified_radius=0.0976
+    )
+    monkeypatch.setattr(
+        FakeClient, "ask", lambda self, *a, **k: self._record("ask", *a, **k) or certified
+    )
+    argv = ["ask", "--image", str(image), "--prompt", "red square?", "--certify"]
+    assert main([*argv, "--answer-set", "yes, no"]) == 0
+    out = capsys.readouterr().out
+    assert "certified" in out and "L2 radius 0.0976, pixel units" in out
+    _, _, kwargs = fake.instances[0].calls[0]
+    assert kwargs["certify"] is True and kwargs["answer_set"] == ("yes", "no")
+    assert main([*argv, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["certified"] is True and data["certified_radius"] == 0.0976
+    assert fake.instances[1].calls[0][2]["answer_set"] is None  # the server's yes/no
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--answer-set", "yes,no"], "--answer-set applies only with --certify"),
+        (["--answer-set", "yes,,no", "--certify"], "expected comma-separated answers"),
+        (["--certify", "--undefended"], "--certify only apply to the defended model"),
+    ],
+)
+def test_certify_usage_errors(
+    fake: type[FakeClient],
+    image: Path,
+    capsys: pytest.CaptureFixture[str],
+    extra: list[str],
+    message: str,
+) -> None:
+    assert main(["ask", "--image", str(image), "--prompt", "p", *extra]) == 2
+    assert message in capsys.readouterr().err
+    assert not any(c.calls for c in fake.instances)
+
+
+def test_certify_is_for_images(
+    fake: type[FakeClient], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["ask", "--audio", str(tmp_path / "a.wav"), "--prompt", "p", "--certify"]
+    assert main(argv) == 2
+    assert "apply to images only" in capsys.readouterr().err

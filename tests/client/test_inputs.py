@@ -428,3 +428,83 @@ def test_async_client_shares_inputs_retries_and_decoding(monkeypatch: pytest.Mon
         assert delays == [0.25]
 
     asyncio.run(scenario())
+
+
+# ---------------------------------------------------------------- certified mode
+
+
+def test_certify_inputs_have_their_wire_names_types_and_shapes() -> None:
+    inputs = build_ask_inputs(PIXELS, "q", certify=True, answer_set=("Yes", "no", "maybe"))
+    assert _signature(inputs)["CERTIFY"] == ("BOOL", [1])
+    assert _signature(inputs)["ANSWER_SET"] == ("BYTES", [3])
+    values = _by_name(inputs)
+    assert values["CERTIFY"].tolist() == [True]
+    assert values["ANSWER_SET"].tolist() == [b"Yes", b"no", b"maybe"]  # the server lower-cases
+    names = [i.name() for i in build_ask_inputs(PIXELS, "q", certify=True)]
+    assert names == ["IMAGE", "PROMPT", "CERTIFY"]  # the server's yes/no
+    assert "CERTIFY" not in [i.name() for i in build_ask_inputs(PIXELS, "q", certify=False)]
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "message"),
+    [
+        ({"answer_set": ["yes"]}, ValueError, "answer_set only applies with certify=True"),
+        ({"certify": True, "answer_set": "yes,no"}, TypeError, "not one string"),
+        ({"certify": True, "answer_set": ["yes", 1]}, TypeError, "answer_set"),
+    ],
+)
+def test_bad_certify_options_fail_locally(
+    options: dict[str, Any], error: type, message: str
+) -> None:
+    with pytest.raises(error, match=message):
+        build_ask_inputs(PIXELS, "q", **options)
+
+
+def test_audio_requests_cannot_certify() -> None:
+    from smoothguard_client.client import build_ask_audio_inputs
+
+    with pytest.raises(ValueError, match="smoothguard_audio has none"):
+        build_ask_audio_inputs(b"RIFF", "q", certify=True)
+
+
+def certified_result(certified: bool, radius: float) -> Any:
+    result = defended_result()
+    response = result.get_response()
+    for name, datatype, array in (
+        ("CERTIFIED", "BOOL", np.array([certified])),
+        ("CERTIFIED_RADIUS", "FP32", np.array([radius], np.float32)),
+    ):
+        tensor = response.outputs.add()
+        tensor.name, tensor.datatype = name, datatype
+        tensor.shape.extend(array.shape)
+        response.raw_output_contents.append(array.tobytes())
+    return grpcclient.InferResult(response)
+
+
+def test_answer_decodes_the_certificate_and_older_servers_still_decode() -> None:
+    answer = DefendedAnswer.from_infer_result(certified_result(True, 0.125), 0.1)
+    assert answer.certified is True and answer.certified_radius == 0.125
+    assert type(answer.certified) is bool and type(answer.certified_radius) is float
+    assert answer.to_dict()["certified_radius"] == 0.125
+    plain = DefendedAnswer.from_infer_result(certified_result(False, 0.0), 0.1)
+    assert (plain.certified, plain.certified_radius) == (False, 0.0)
+    older = DefendedAnswer.from_infer_result(defended_result(), 0.1)  # no such outputs
+    assert (older.certified, older.certified_radius) == (False, 0.0)
+
+
+def test_sync_and_async_ask_send_certify(sleeps: list[float]) -> None:
+    fake = FakeTriton()
+    client = _sync(fake)
+    client.ask(PIXELS, "q", certify=True, answer_set=["cat", "dog"], seed=3)
+    sent = _by_name(fake.calls[-1][1]["inputs"])
+    assert sent["CERTIFY"].tolist() == [True] and sent["ANSWER_SET"].tolist() == [b"cat", b"dog"]
+
+    async def scenario() -> dict[str, np.ndarray]:
+        async_fake = AsyncFakeTriton()
+        async with AsyncSmoothGuardClient("127.0.0.1:1") as aclient:
+            aclient._triton = async_fake  # type: ignore[assignment]
+            await aclient.ask(PIXELS, "q", certify=True)
+        return _by_name(async_fake.calls[-1][1]["inputs"])
+
+    sent = asyncio.run(scenario())
+    assert sent["CERTIFY"].tolist() == [True] and "ANSWER_SET" not in sent

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 import pytest
 
+from smoothguard.core.certify import answer_class, certify
 from smoothguard.core.settings import DefenseSettings, resolve_options
 
 
@@ -149,3 +152,119 @@ def test_evidence_adds_up_with_empty_answers(load_model: Any, pb_utils: ModuleTy
     out = {t.name(): t.as_numpy() for t in response.output_tensors()}
     assert out["CLUSTER_SIZES"].tolist() == [9, 1]
     assert int(out["CLUSTER_SIZES"].sum()) == int(out["NUM_SAMPLES_USED"][0]) == 10
+
+
+# ------------------------------------------------------------------ certified mode
+
+SYNTHVLM = str(Path(__file__).resolve().parents[2] / "models" / "synthvlm")
+SYNTHVLM_MIN_STD = 0.26130258  # its processor's smallest channel std
+WORDS = {"yes": [1.0, 0.0], "no": [0.0, 1.0]}
+
+
+def certify_aggregate(
+    load_model: Any,
+    pb: ModuleType,
+    texts: list[str],
+    settings: DefenseSettings | None = None,
+    *,
+    ticket: bool = False,
+    **opts: Any,
+) -> tuple[Any, Any]:
+    """aggregate's response to a certify request with these answers, and the model."""
+    settings = settings or DefenseSettings()
+    model = load_model("aggregate").TritonPythonModel()
+    params = settings.to_parameters() | {"device": "cpu", "mllm_path": SYNTHVLM}
+    model.initialize(pb.model_args(params))
+    options = resolve_options(settings, certify=True, **opts)
+    text = model.tickets.issue(options) if ticket else options.to_json()
+    vectors = unit([WORDS.get(answer_class(t) or "", [0.7, 0.7]) for t in texts])
+    request = pb.Request(
+        CANDIDATES=column(*texts), EMBEDDINGS=vectors, OPTIONS=options_tensor(text)
+    )
+    (response,) = model.execute([request])
+    return response, model
+
+
+def outputs(response: Any) -> dict[str, Any]:
+    assert not response.has_error(), response.error().message()
+    return {t.name(): t.as_numpy() for t in response.output_tensors()}
+
+
+def test_certify_answers_the_certified_class_with_its_pixel_radius(
+    load_model: Any, pb_utils: ModuleType
+) -> None:
+    """copy 0 (clean) takes no part: it says "no" and is outvoted; 1..10 select, 11.. estimate."""
+    texts = ["no", *["yes"] * 10, *["Yes, there is."] * 99, "no"]
+    response, _ = certify_aggregate(load_model, pb_utils, texts, return_candidates=True)
+    out = outputs(response)
+    expected = certify(texts[1:11], texts[11:], sigma=0.15 * SYNTHVLM_MIN_STD, alpha=0.001)
+    assert expected.label == "yes" and expected.estimation_counts == {"yes": 99, "no": 1}
+    assert out["TEXT"][0].decode() == "yes"
+    assert (out["DECISION"][0].decode(), out["REASON"][0].decode()) == ("answered", "certified")
+    assert out["CERTIFIED"].tolist() == [True]
+    assert out["CERTIFIED_RADIUS"].dtype == np.float32
+    assert out["CERTIFIED_RADIUS"][0] == np.float32(expected.radius) and expected.radius > 0
+    # the vote's evidence, over all 111 answers
+    assert out["NUM_SAMPLES_USED"].tolist() == [111] and len(out["CANDIDATES"]) == 111
+    assert out["ORIGINAL_TEXT"][0].decode() == "no" and out["ORIGINAL_OUTVOTED"].tolist() == [True]
+
+
+def test_certify_radius_in_pixel_noise_units(load_model: Any, pb_utils: ModuleType) -> None:
+    from statistics import NormalDist
+
+    settings = DefenseSettings(noise_unit="pixel")
+    texts = ["yes"] * 111
+    out = outputs(certify_aggregate(load_model, pb_utils, texts, settings, sigma=0.25)[0])
+    p_lower = certify(texts[1:11], texts[11:], sigma=1.0, alpha=0.001).p_lower
+    assert out["CERTIFIED_RADIUS"][0] == np.float32(0.25 * NormalDist().inv_cdf(p_lower))
+
+
+@pytest.mark.parametrize(
+    ("texts", "answer_set"),
+    [
+        (["yes", *["It is a red square."] * 110], None),  # answers outside the set
+        (["yes", *["no"] * 10, *["yes"] * 100], None),  # selection and estimation disagree
+        (["cat", *["cat"] * 55, *["dog"] * 55], ("cat", "dog")),  # a coin flip
+    ],
+    ids=["outside-the-set", "split-respected", "coin-flip"],
+)
+def test_certify_abstains_without_a_certificate(
+    load_model: Any, pb_utils: ModuleType, texts: list[str], answer_set: Any
+) -> None:
+    settings = DefenseSettings(abstain_text="(no certified answer)")
+    opts = {} if answer_set is None else {"answer_set": answer_set}
+    out = outputs(certify_aggregate(load_model, pb_utils, texts, settings, **opts)[0])
+    assert out["TEXT"][0].decode() == "(no certified answer)"
+    assert out["DECISION"][0].decode() == "abstained"
+    assert out["REASON"][0].decode() == "not_certified"
+    assert out["CERTIFIED"].tolist() == [False] and out["CERTIFIED_RADIUS"].tolist() == [0.0]
+
+
+def test_certify_needs_every_candidate(load_model: Any, pb_utils: ModuleType) -> None:
+    response, _ = certify_aggregate(load_model, pb_utils, ["yes"] * 100)
+    assert response.has_error()
+    assert response.error().code() == pb_utils.TritonError.INVALID_ARG
+    assert "a certify request needs all 111" in response.error().message()
+
+
+def test_other_requests_are_not_certified(load_model: Any, pb_utils: ModuleType) -> None:
+    response = aggregate(load_model, pb_utils, ["yes"] * 3, unit([[1, 0]] * 3))
+    out = outputs(response)
+    assert out["CERTIFIED"].tolist() == [False] and out["CERTIFIED_RADIUS"].tolist() == [0.0]
+    assert out["REASON"][0].decode() == "ok"
+
+
+def test_certify_requests_are_counted_and_audited_like_the_rest(
+    load_model: Any, pb_utils: ModuleType
+) -> None:
+    settings = DefenseSettings(audit_log=True)
+    pb_utils.Logger.lines.clear()
+    texts = ["yes"] * 111
+    response, model = certify_aggregate(load_model, pb_utils, texts, settings, ticket=True)
+    assert outputs(response)["REASON"][0].decode() == "certified"
+    (requests,) = pb_utils.MetricFamily.created["smoothguard_requests_total"]
+    assert {m.labels["decision"]: m.value() for m in requests.metrics}["answered"] == 1
+    record = json.loads(pb_utils.Logger.lines[-1])
+    assert record["ensemble"] and record["reason"] == "certified" and record["certify"]
+    assert record["certified_radius"] > 0 and record["num_samples_used"] == 111
+    model.finalize()

@@ -276,3 +276,55 @@ def test_options_and_prompt_are_checked_as_a_strangers(
     request = direct(pb_utils, np.zeros((2, *SIZE), np.float32), options, prompt)
     message = refused_before_any_call(load_model, pb_utils, request)
     assert expected in message, message
+
+
+def test_certify_rows_go_past_num_samples_max_and_fail_closed(
+    load_model: Any, pb_utils: ModuleType
+) -> None:
+    """A certify request's 111 rows are accepted (certify_draws, not num_samples_max), every
+    one asked; with failure_mode open on the server, one failed draw still fails it."""
+    failing: set[int] = set()
+
+    async def handler(call: Any) -> Any:
+        pixels = {t.name(): t.as_numpy() for t in call.inputs}["PIXEL_VALUES"]
+        rows = [round(float(v) * 10) for v in pixels[:, 0, 0, 0]]  # copy i holds i / 10
+        if failing & set(rows):
+            return pb_utils.InferenceResponse(
+                error=pb_utils.TritonError("boom", pb_utils.TritonError.INTERNAL)
+            )
+        texts = np.array([[b"yes"] for _ in rows], np.object_)
+        return pb_utils.InferenceResponse([pb_utils.Tensor("TEXT", texts)])
+
+    pb_utils.bls_handler = handler
+    model = load_model("generate").TritonPythonModel()
+    params = DefenseSettings(failure_mode="open").to_parameters() | PARAMS
+    params |= {"fanout": "batch", "mllm_max_batch_size": "32"}
+    model.initialize(pb_utils.model_args(params))
+    certify = resolve_options(DefenseSettings(), certify=True).to_json()
+    pixels = np.stack([np.full(SIZE, i / 10, np.float32) for i in range(111)])
+    (response,) = asyncio.run(model.execute([direct(pb_utils, pixels, certify)]))
+    assert not response.has_error(), response.error().message()
+    assert response.output("CANDIDATES").shape == (111, 1)
+    failing.add(40)
+    (response,) = asyncio.run(model.execute([direct(pb_utils, pixels, certify)]))
+    assert response.has_error() and "failure_mode=closed" in response.error().message()
+
+
+def test_audio_generate_refuses_certify_options(load_model: Any, pb_utils: ModuleType) -> None:
+    model = load_model("audio/generate_audio").TritonPythonModel()
+    params = DefenseSettings().to_parameters() | {
+        "mllm_model": "mllm_audio",
+        "samples_input": "AUDIO",
+        "audio_mllm_path": str(REPO_ROOT / "models" / "synthalm"),
+    }
+    model.initialize(pb_utils.model_args(params))
+    audio = resolve_options(DefenseSettings().for_audio(), certify=True).to_json()
+    request = pb_utils.Request(
+        AUDIO=np.zeros((111, 16000), np.float32),
+        PROMPT=np.array([b"q"], np.object_),
+        OPTIONS=np.array([audio.encode()], np.object_),
+    )
+    (response,) = asyncio.run(model.execute([request]))
+    assert response.has_error()
+    assert response.error().code() == pb_utils.TritonError.INVALID_ARG
+    assert "smoothguard_audio has no certify" in response.error().message()

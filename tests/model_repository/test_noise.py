@@ -1,4 +1,4 @@
-"""The first step of the audio endpoint: what it refuses, and the OPTIONS it hands on."""
+"""The first step of the image and audio endpoints: what it refuses, the OPTIONS it hands on."""
 
 from __future__ import annotations
 
@@ -63,6 +63,109 @@ def test_refusals_name_the_input(
     noise_audio: Any, pb_utils: ModuleType, inputs: dict[str, np.ndarray], message: str
 ) -> None:
     response = run(noise_audio, pb_utils, **inputs)
+    assert response.has_error()
+    assert response.error().code() == pb_utils.TritonError.INVALID_ARG
+    assert message in response.error().message(), response.error().message()
+
+
+def test_audio_refuses_certify(noise_audio: Any, pb_utils: ModuleType) -> None:
+    """Its config declares no CERTIFY (Triton refuses the input); were one added, the step
+    still would: the certified radius is a distance between images."""
+    response = run(noise_audio, pb_utils, AUDIO=CLIP, PROMPT=PROMPT, CERTIFY=np.array([True]))
+    assert response.has_error()
+    assert response.error().code() == pb_utils.TritonError.INVALID_ARG
+    assert "smoothguard_audio has no certified mode" in response.error().message()
+
+
+# ------------------------------------------------------------------ the image noise step
+
+IMAGE = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+YES_NO_PROMPT = np.array([b"Is there a red square in the image?"], np.object_)
+
+
+def image_noise(load_model: Any, pb: ModuleType, settings: DefenseSettings | None = None) -> Any:
+    model = load_model("noise").TritonPythonModel()
+    params = (settings or DefenseSettings()).to_parameters() | {
+        "mllm_path": str(REPO_ROOT / "models" / "synthvlm"),
+        "device": "cpu",
+    }
+    model.initialize(pb.model_args(params))
+    return model
+
+
+def test_certify_makes_the_clean_copy_and_every_draw(load_model: Any, pb_utils: ModuleType) -> None:
+    model = image_noise(load_model, pb_utils)
+    response = run(
+        model,
+        pb_utils,
+        IMAGE=IMAGE,
+        PROMPT=YES_NO_PROMPT,
+        SEED=np.array([5], np.int64),
+        CERTIFY=np.array([True]),
+        ANSWER_SET=np.array([b"Yes", b"NO"], np.object_),
+    )
+    assert not response.has_error(), response.error().message()
+    copies = response.output("PIXEL_VALUES")
+    assert copies.shape == (111, 3, 64, 64)  # 1 + 10 selection + 100 estimation
+    assert np.array_equal(copies[0], model.preprocess([IMAGE])[0])  # copy 0 clean
+    written = json.loads(response.output("OPTIONS")[0])
+    ticket = written.pop("ticket")
+    assert written["certify"] is True and written["answer_set"] == ["yes", "no"]
+    options = RequestOptions.from_json(json.dumps(written))
+    assert options.num_samples == 111 and options.answer_set == ("yes", "no")
+    assert model.tickets.verify(options, ticket)
+
+
+@pytest.mark.parametrize(
+    ("inputs", "settings", "message"),
+    [
+        (
+            {"CERTIFY": np.array([True]), "ADAPTIVE": np.array([True])},
+            None,
+            "ADAPTIVE cannot be combined with CERTIFY: certify needs every draw",
+        ),
+        (
+            {"CERTIFY": np.array([True]), "NUM_SAMPLES": np.array([10], np.int32)},
+            None,
+            "NUM_SAMPLES must be left out with CERTIFY, or be 111",
+        ),
+        (
+            {"CERTIFY": np.array([True])},
+            DefenseSettings(allow_certify=False),
+            "CERTIFY is refused by this server (allow_certify=false)",
+        ),
+        (
+            {"ANSWER_SET": np.array([b"yes", b"no"], np.object_)},
+            None,
+            "ANSWER_SET is only used with CERTIFY=true",
+        ),
+        (
+            {"CERTIFY": np.array([True]), "ANSWER_SET": np.array([b"w"] * 17, np.object_)},
+            None,
+            "ANSWER_SET has 17 rows, over the limit of 16",
+        ),
+        (
+            {"CERTIFY": np.array([True]), "ANSWER_SET": np.array([b"x" * 200], np.object_)},
+            None,
+            "ANSWER_SET row 0 has 200 bytes, over the limit of 32 characters",
+        ),
+        (
+            {"CERTIFY": np.array([True]), "ANSWER_SET": np.array([b"not sure"], np.object_)},
+            None,
+            "ANSWER_SET answers must be single words",
+        ),
+    ],
+    ids=["adaptive", "num-samples", "turned-off", "no-certify", "many", "long", "phrase"],
+)
+def test_certify_refusals_name_the_input(
+    load_model: Any,
+    pb_utils: ModuleType,
+    inputs: dict[str, np.ndarray],
+    settings: DefenseSettings | None,
+    message: str,
+) -> None:
+    model = image_noise(load_model, pb_utils, settings)
+    response = run(model, pb_utils, IMAGE=IMAGE, PROMPT=YES_NO_PROMPT, **inputs)
     assert response.has_error()
     assert response.error().code() == pb_utils.TritonError.INVALID_ARG
     assert message in response.error().message(), response.error().message()

@@ -63,6 +63,8 @@ class TritonPythonModel:
             # Public like every step: OPTIONS, PROMPT and the copies are checked as a stranger's
             # before one MLLM call is queued.
             options, _ = step_options(request, self.settings)
+            if options.certify and self.samples_input == "AUDIO":  # its radius is in pixels
+                raise InvalidRequest("OPTIONS key 'certify': smoothguard_audio has no certify")
             request_prompt(request, self.settings)
             prompt = required_input(request, "PROMPT").reshape(1, 1)
             samples = required_tensor(request, self.samples_input)

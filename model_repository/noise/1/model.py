@@ -51,6 +51,7 @@ class TritonPythonModel:
             max_aspect=s.max_image_aspect,
         )
         pixel_values = self.xp.asarray(self.preprocess([image])[0])
+        # num_samples: the request's N, or for CERTIFY the server's 1 + n0 + n (copy 0 clean).
         copies = noisy_copies(
             pixel_values,
             num_samples=options.num_samples,

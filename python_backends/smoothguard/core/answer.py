@@ -75,6 +75,13 @@ def _scalar(result: _InferResult, name: str) -> Any:
     return item.decode("utf-8", errors="replace") if isinstance(item, bytes) else item.item()
 
 
+def _optional_scalar(result: _InferResult, name: str, default: Any) -> Any:
+    """An output a newer server adds (None from an older one: the default)."""
+    if result.as_numpy(name) is None:
+        return default
+    return _scalar(result, name)
+
+
 def _strings(value: np.ndarray | None) -> tuple[str, ...]:
     if value is None:
         return ()
@@ -101,6 +108,11 @@ class DefendedAnswer:
     candidates: tuple[str, ...]  # all answers when requested; index 0 is the unperturbed one
     latency_s: float = 0.0
     model: str = IN_PROCESS  # the endpoint that answered
+    # Certified mode (CERTIFY): the answer is the smoothed model's, constant within this L2
+    # radius in pixel units at the model's input resolution, with probability 1 - alpha over
+    # the draws (docs/certified.md). False and 0 for every other answer.
+    certified: bool = False
+    certified_radius: float = 0.0
 
     @classmethod
     def from_infer_result(
@@ -130,6 +142,8 @@ class DefendedAnswer:
             candidates=_strings(result.as_numpy("CANDIDATES")),
             latency_s=float(latency_s),
             model=model,
+            certified=bool(_optional_scalar(result, "CERTIFIED", False)),
+            certified_radius=float(_optional_scalar(result, "CERTIFIED_RADIUS", 0.0)),
         )
 
     def to_dict(self) -> dict[str, Any]:

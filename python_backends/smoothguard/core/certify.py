@@ -8,7 +8,8 @@ among independent draws. The class is chosen on separate *selection* draws so th
 estimation draws stay unbiased; when ``p_lower`` is not above 1/2 the answer abstains.
 
 The radius is in the unit of ``sigma``: pixel units ([0, 1] per channel) at the model's input
-resolution when the noise is drawn in pixel units. Written with the standard library only
+resolution when the noise is drawn in pixel units; `pixel_radius_scale` states the pixel-unit
+radius for noise drawn in the processor's normalised space. Written with the standard library only
 (a bisection on the exact binomial tail), so the served models need no SciPy; the tests hold
 it against ``scipy.stats.beta.ppf``.
 """
@@ -24,6 +25,10 @@ from statistics import NormalDist
 
 YES_NO: tuple[str, ...] = ("yes", "no")
 _WORD = re.compile(r"[a-z0-9]+")
+# An answer set a request may name: a few short words (each is matched against an answer's
+# first word), so that OPTIONS stays small and the counts stay readable.
+MAX_ANSWERS = 16
+MAX_ANSWER_CHARS = 32
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,44 @@ def answer_class(text: str, classes: Sequence[str] = YES_NO) -> str | None:
     if not words:
         return None
     return words[0] if words[0] in classes else None
+
+
+def normalize_answer_set(answers: Sequence[str]) -> tuple[str, ...]:
+    """The answer set lower-cased, or ValueError: 1 to MAX_ANSWERS distinct single words of
+    letters and digits, since `answer_class` reads an answer's first such word and a phrase
+    could never match."""
+    if not 1 <= len(answers) <= MAX_ANSWERS:
+        raise ValueError(f"must hold 1 to {MAX_ANSWERS} answers, got {len(answers)}")
+    out: list[str] = []
+    for answer in answers:
+        word = answer.strip().lower()
+        if not 1 <= len(word) <= MAX_ANSWER_CHARS or _WORD.fullmatch(word) is None:
+            raise ValueError(
+                f"answers must be single words of letters a-z and digits, at most "
+                f"{MAX_ANSWER_CHARS} characters; got {answer[: MAX_ANSWER_CHARS + 8]!r}"
+            )
+        if word in out:
+            raise ValueError(f"names {word!r} twice")
+        out.append(word)
+    return tuple(out)
+
+
+def pixel_radius_scale(unit: str, std: Sequence[float]) -> float:
+    """The factor that turns a radius in the noise's own unit into pixel-space L2.
+
+    "pixel" noise is isotropic in [0, 1] pixel units: factor 1. "normalized" noise of std
+    sigma is drawn on ``(x - mean) / std``, so in pixel space channel c has std
+    ``sigma * std[c]``: anisotropic. Cohen et al.'s bound holds in the whitened space, and a
+    pixel-space change d moves it by at most ``||d|| / min_c(sigma * std[c])``, so the radius
+    valid in pixels is ``min_c(std[c]) * sigma * inv_Phi(p_lower)``: the factor is min(std).
+    """
+    if unit == "pixel":
+        return 1.0
+    if unit == "normalized":
+        if not std or any(not (math.isfinite(float(s)) and float(s) > 0) for s in std):
+            raise ValueError(f"std must be finite and positive per channel, got {tuple(std)}")
+        return float(min(float(s) for s in std))
+    raise ValueError(f"unit must be 'normalized' or 'pixel', got {unit!r}")
 
 
 def _log_binom_pmf(k: int, n: int, p: float) -> float:

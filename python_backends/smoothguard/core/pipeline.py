@@ -15,7 +15,7 @@ import numpy as np
 
 from smoothguard.core.aggregate import select_one
 from smoothguard.core.answer import DefendedAnswer
-from smoothguard.core.certify import YES_NO, Certificate, certify
+from smoothguard.core.certify import YES_NO, Certificate, certify, pixel_radius_scale
 from smoothguard.core.noise import make_rng, noisy_copies
 from smoothguard.core.policy import decide
 from smoothguard.core.sampling import Sampling
@@ -86,27 +86,32 @@ class SmoothGuard:
         prompt: str,
         options: RequestOptions,
         *,
-        selection_draws: int,
-        estimation_draws: int,
-        alpha: float,
+        selection_draws: int | None = None,
+        estimation_draws: int | None = None,
+        alpha: float | None = None,
         batch: int = 64,
-        classes: Sequence[str] = YES_NO,
+        classes: Sequence[str] | None = None,
     ) -> Certificate:
         """Cohen et al.'s CERTIFY for a closed question about this image, at options.sigma in
-        the settings' noise unit (the radius is L2 in that unit). Every draw is noisy: the
-        guarantee is about the noise distribution, so the clean copy takes no part."""
-        draws = selection_draws + estimation_draws
+        the settings' noise unit; the radius is L2 in pixel units at the model's resolution
+        (pixel_radius_scale), as the served endpoint's CERTIFIED_RADIUS. Every draw is noisy:
+        the guarantee is about the noise distribution, so the clean copy takes no part. Draws,
+        alpha and classes default to the settings' and the options' answer set (else yes/no)."""
+        s = self.settings
+        n0 = s.certify_selection_draws if selection_draws is None else selection_draws
+        n = s.certify_estimation_draws if estimation_draws is None else estimation_draws
+        draws = n0 + n
         wanted = dataclasses.replace(options, num_samples=draws + 1)
         copies = self.noisy_copies(pixel_values, wanted)[1:]  # copy 0 is the clean image
         texts: list[str] = []
         for lo in range(0, draws, batch):
             texts += self._generate(copies[lo : lo + batch], prompt, options.max_new_tokens)
         return certify(
-            texts[:selection_draws],
-            texts[selection_draws:],
-            sigma=options.sigma,
-            alpha=alpha,
-            classes=classes,
+            texts[:n0],
+            texts[n0:],
+            sigma=options.sigma * pixel_radius_scale(s.noise_unit, self.image_std),
+            alpha=s.certify_alpha if alpha is None else alpha,
+            classes=classes or options.answer_set or YES_NO,
         )
 
     def noisy_copies(self, pixel_values: np.ndarray, options: RequestOptions) -> np.ndarray:

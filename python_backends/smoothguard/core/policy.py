@@ -9,6 +9,9 @@ shadow-mode ("monitor") or plain "answer" deployment still reports the requests 
   first because it is the stronger signal.
 * ``"low_agreement"``: the majority share is below ``settings.min_agreement``.
 * ``"ok"``: neither.
+
+A certify request (docs/certified.md) is decided by its certificate instead, whatever the
+policy: ``"certified"`` answers the certified class, ``"not_certified"`` abstains.
 """
 
 from __future__ import annotations
@@ -18,10 +21,12 @@ from dataclasses import dataclass
 from typing import Literal
 
 from smoothguard.core.aggregate import Selection
+from smoothguard.core.certify import Certificate
 from smoothguard.core.settings import POLICIES, DefenseSettings
 
 DecisionKind = Literal["answered", "monitored", "abstained", "refused"]
 Reason = Literal["ok", "low_agreement", "original_outvoted"]
+CertifyReason = Literal["certified", "not_certified"]
 
 
 @dataclass(frozen=True)
@@ -64,3 +69,11 @@ def decide(
     if policy == "abstain":
         return Decision(text=settings.abstain_text, decision="abstained", reason=reason)
     return Decision(text=settings.refusal_text, decision="refused", reason=reason)
+
+
+def decide_certified(certificate: Certificate, settings: DefenseSettings) -> Decision:
+    """The certified class word, or the policy module's abstention: an uncertified answer
+    to a closed question is exactly what a caller asked not to be given."""
+    if certificate.label is not None:
+        return Decision(text=certificate.label, decision="answered", reason="certified")
+    return Decision(text=settings.abstain_text, decision="abstained", reason="not_certified")

@@ -68,11 +68,14 @@ class Sampling:
 
     @classmethod
     def for_request(cls, options: RequestOptions, settings: DefenseSettings) -> Sampling:
+        """A certify request always fails closed: its bound counts every draw, and a draw
+        dropped because the model failed on it would bias the count (and shift the split
+        between selection and estimation draws)."""
         return cls(
             options.num_samples,
             adaptive=options.adaptive,
             initial=settings.adaptive_initial,
-            failure_mode=settings.failure_mode,
+            failure_mode="closed" if options.certify else settings.failure_mode,
         )
 
     def __iter__(self) -> Iterator[range]:

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from smoothguard.core.certify import YES_NO, normalize_answer_set
 
 NoiseUnit = Literal["normalized", "pixel"]
 AudioNoiseUnit = Literal["relative", "absolute"]
@@ -73,6 +75,14 @@ class DefenseSettings:
     refusal_text: str = "I can't answer that reliably for this image."
     abstain_text: str = ""
     failure_mode: FailureMode = "closed"
+    # certified mode (CERTIFY on smoothguard, docs/certified.md): Cohen et al.'s selection and
+    # estimation draws and alpha. A certify request makes 1 + both copies (the clean one
+    # included), bounded by certify_max_draws instead of num_samples_max.
+    allow_certify: bool = True
+    certify_selection_draws: int = 10
+    certify_estimation_draws: int = 100
+    certify_alpha: float = 0.001
+    certify_max_draws: int = 256
     # logging
     audit_log: bool = False
     extra: dict[str, str] = field(default_factory=dict)
@@ -107,6 +117,21 @@ class DefenseSettings:
             raise ValueError("min_agreement must lie in [0, 1]")
         if self.min_image_side < 1 or not self.max_image_aspect >= 1.0:
             raise ValueError("min_image_side must be >= 1 and max_image_aspect >= 1")
+        if self.certify_selection_draws < 1 or self.certify_estimation_draws < 1:
+            raise ValueError("certify_selection_draws and certify_estimation_draws must be >= 1")
+        if not 0.0 < self.certify_alpha < 1.0:
+            raise ValueError(f"certify_alpha must lie in (0, 1), got {self.certify_alpha}")
+        if self.certify_draws > self.certify_max_draws:
+            raise ValueError(
+                f"1 + certify_selection_draws + certify_estimation_draws = {self.certify_draws} "
+                f"is over certify_max_draws {self.certify_max_draws}"
+            )
+
+    @property
+    def certify_draws(self) -> int:
+        """Copies a certify request makes: the clean one (kept so ORIGINAL_TEXT still means
+        something; it takes no part in the certificate), then selection, then estimation."""
+        return 1 + self.certify_selection_draws + self.certify_estimation_draws
 
     @classmethod
     def from_profile(cls, section: Mapping[str, Any]) -> DefenseSettings:
@@ -156,12 +181,24 @@ class RequestOptions:
     policy: Policy
     return_candidates: bool
     adaptive: bool = False
+    # Certified mode (Cohen et al.'s CERTIFY): num_samples is then the server's certify_draws,
+    # and answer_set the closed answers the prompt fixes (lower-cased words).
+    certify: bool = False
+    answer_set: tuple[str, ...] = ()
 
     def to_json(self) -> str:
-        """Passed between ensemble steps as one string tensor."""
+        """Passed between ensemble steps as one string tensor. The certify keys are written
+        only for certify requests, so every other request's OPTIONS (and with them the
+        tickets and the response cache's keys) stay what they were before certified mode."""
         import json
 
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+        data = dataclasses.asdict(self)
+        if not self.certify:
+            for key in _CERTIFY_KINDS:
+                del data[key]
+        else:
+            data["answer_set"] = list(self.answer_set)
+        return json.dumps(data, sort_keys=True)
 
     @classmethod
     def from_json(
@@ -181,8 +218,16 @@ def resolve_options(
     policy: str | None = None,
     return_candidates: bool | None = None,
     adaptive: bool | None = None,
+    certify: bool | None = None,
+    answer_set: Sequence[str] | None = None,
 ) -> RequestOptions:
-    """Apply server defaults and reject out-of-range values with InvalidRequest."""
+    """Apply server defaults and reject out-of-range values with InvalidRequest.
+
+    A certify request draws exactly the server's certify_draws copies: NUM_SAMPLES may be left
+    out or name that number (anything else is refused rather than silently replaced, since it
+    sets the request's cost); ADAPTIVE=true is refused (the bound counts every draw), and the
+    server's adaptive default does not apply; POLICY is not used (the certificate decides).
+    """
     import math
 
     if sigma is None:
@@ -191,12 +236,34 @@ def resolve_options(
         raise InvalidRequest(
             f"SIGMA must be a finite number in [0, {settings.sigma_max}], got {sigma}"
         )
+    words: tuple[str, ...] = ()
+    if certify:
+        if not settings.allow_certify:
+            raise InvalidRequest("CERTIFY is refused by this server (allow_certify=false)")
+        if adaptive:
+            raise InvalidRequest(
+                "ADAPTIVE cannot be combined with CERTIFY: certify needs every draw"
+            )
+        adaptive = False
+        if num_samples is not None and num_samples != settings.certify_draws:
+            raise InvalidRequest(
+                f"NUM_SAMPLES must be left out with CERTIFY, or be {settings.certify_draws} "
+                f"(1 + certify_selection_draws + certify_estimation_draws), got {num_samples}"
+            )
+        num_samples = settings.certify_draws
+        if not sigma > 0:
+            raise InvalidRequest("SIGMA must be above 0 with CERTIFY (no noise, no certificate)")
+        try:
+            words = normalize_answer_set(YES_NO if answer_set is None else answer_set)
+        except ValueError as exc:
+            raise InvalidRequest(f"ANSWER_SET {exc}") from exc
+    elif answer_set is not None:
+        raise InvalidRequest("ANSWER_SET is only used with CERTIFY=true")
     if num_samples is None:
         num_samples = settings.num_samples
-    if not 1 <= num_samples <= settings.num_samples_max:
-        raise InvalidRequest(
-            f"NUM_SAMPLES must be in [1, {settings.num_samples_max}], got {num_samples}"
-        )
+    limit = settings.certify_max_draws if certify else settings.num_samples_max
+    if not 1 <= num_samples <= limit:
+        raise InvalidRequest(f"NUM_SAMPLES must be in [1, {limit}], got {num_samples}")
     if seed is not None:
         if not settings.allow_seed:
             raise InvalidRequest("SEED is refused by this server (allow_seed=false)")
@@ -222,6 +289,8 @@ def resolve_options(
         policy=policy,  # type: ignore[arg-type]
         return_candidates=bool(return_candidates),
         adaptive=settings.adaptive if adaptive is None else bool(adaptive),
+        certify=bool(certify),
+        answer_set=words,
     )
 
 
@@ -263,6 +332,11 @@ _OPTION_KINDS: dict[str, str] = {
     "policy": "a string",
     "return_candidates": "a boolean",
     "adaptive": "a boolean",
+}
+# Keys present only in a certify request's OPTIONS (see RequestOptions.to_json).
+_CERTIFY_KINDS: dict[str, str] = {
+    "certify": "a boolean",
+    "answer_set": "a list of words",
 }
 _INT64_MAX = 2**63 - 1
 
@@ -318,7 +392,7 @@ def parse_options(
         raise InvalidRequest(f"OPTIONS is not valid JSON: {str(exc)[:120]}") from exc
     if not isinstance(data, dict):
         raise InvalidRequest(f"OPTIONS must be a JSON object, got {type(data).__name__}")
-    unknown = sorted(set(data) - set(_OPTION_KINDS) - set(extra_keys))
+    unknown = sorted(set(data) - set(_OPTION_KINDS) - set(_CERTIFY_KINDS) - set(extra_keys))
     if unknown:
         raise InvalidRequest(f"OPTIONS has unknown key(s): {', '.join(map(repr, unknown))}")
     missing = [k for k in _OPTION_KINDS if k not in data]
@@ -357,13 +431,43 @@ def parse_options(
     policy = data["policy"]
     if policy not in POLICIES:
         raise bad("policy", f"one of {', '.join(POLICIES)}")
+    adaptive = boolean("adaptive")
+    certify = "certify" in data and boolean("certify")
+    answer_set: tuple[str, ...] = ()
+    if not certify:
+        if "answer_set" in data:
+            raise bad("answer_set", "absent: it is only for certify requests")
+        num_samples = integer("num_samples", 1, settings.num_samples_max)
+    else:
+        if not settings.allow_certify:
+            raise bad("certify", "false: this server refuses certify (allow_certify=false)")
+        if adaptive:
+            raise bad("adaptive", "false with certify: certify needs every draw")
+        num_samples = integer("num_samples", 1, settings.certify_max_draws)
+        if num_samples != settings.certify_draws:
+            raise bad("num_samples", f"{settings.certify_draws} with certify (certify_draws)")
+        if not sigma > 0:
+            raise bad("sigma", "above 0 with certify")
+        if "answer_set" not in data:
+            raise InvalidRequest("OPTIONS lacks key(s): 'answer_set' (certify requests carry it)")
+        words = data["answer_set"]
+        if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
+            raise bad("answer_set", _CERTIFY_KINDS["answer_set"])
+        try:
+            answer_set = normalize_answer_set(words)
+        except ValueError as exc:
+            raise InvalidRequest(f"OPTIONS key 'answer_set' {exc}") from exc
+        if list(answer_set) != words:
+            raise bad("answer_set", "lower-case words without spaces, as the noise step writes")
     options = RequestOptions(
         sigma=float(sigma),
-        num_samples=integer("num_samples", 1, settings.num_samples_max),
+        num_samples=num_samples,
         seed=seed,
         max_new_tokens=integer("max_new_tokens", 1, settings.max_new_tokens_limit),
         policy=policy,
         return_candidates=boolean("return_candidates"),
-        adaptive=boolean("adaptive"),
+        adaptive=adaptive,
+        certify=certify,
+        answer_set=answer_set,
     )
     return options, {k: data[k] for k in extra_keys if k in data}

@@ -14,6 +14,7 @@ import warnings
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from smoothguard.core.certify import MAX_ANSWER_CHARS, MAX_ANSWERS
 from smoothguard.core.settings import InvalidRequest
 
 # Reprs such as "<_io.BytesIO object at 0x7f...>" that library errors embed: a refusal goes to
@@ -252,6 +253,14 @@ def decode_prompt(raw: object, *, max_chars: int) -> str:
     if len(text) > max_chars:
         raise InvalidRequest(f"PROMPT has {len(text)} characters, over the limit of {max_chars}")
     return text.strip()
+
+
+def decode_answer_set(raw: np.ndarray | None) -> list[str] | None:
+    """ANSWER_SET's strings (None when not sent), bounded in count and bytes before decoding;
+    the words themselves are checked with the rest of the options (resolve_options)."""
+    if raw is None:
+        return None
+    return decode_texts(raw, name="ANSWER_SET", max_chars=MAX_ANSWER_CHARS, max_rows=MAX_ANSWERS)
 
 
 def single_scalar(array: np.ndarray | None, name: str) -> object | None:

@@ -10,7 +10,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from smoothguard.core.certify import answer_class, certify, clopper_pearson_lower
+from smoothguard.core.certify import (
+    answer_class,
+    certify,
+    clopper_pearson_lower,
+    normalize_answer_set,
+    pixel_radius_scale,
+)
 
 
 @settings(max_examples=200, deadline=None)
@@ -91,3 +97,49 @@ def test_radius_grows_with_sigma_and_draws() -> None:
     many = certify(["yes"] * 10, ["yes"] * 1000, sigma=0.25, alpha=0.001).radius
     assert wide == pytest.approx(2 * small) and many > small > 0
     assert math.isfinite(many)
+
+
+def test_pixel_radius_scale_follows_the_noise_unit() -> None:
+    clip_std = (0.26862954, 0.26130258, 0.27577711)
+    assert pixel_radius_scale("pixel", clip_std) == 1.0
+    assert pixel_radius_scale("normalized", clip_std) == 0.26130258  # the smallest channel std
+    for unit, std in [("normalized", (0.2, 0.0, 0.3)), ("normalized", ()), ("furlongs", (1.0,))]:
+        with pytest.raises(ValueError):
+            pixel_radius_scale(unit, std)
+
+
+def test_normalized_noise_radius_holds_in_pixels_on_a_linear_classifier() -> None:
+    """For f(x) = [w . x > b] smoothed by N(0, diag(s^2)) the exact pixel-L2 radius is
+    margin / ||w|| at any w; min(s) * inv_Phi(p) must never exceed it, and equals it when w
+    points along the least-noisy channel (the bound is tight there)."""
+    from statistics import NormalDist
+
+    std = np.array([0.3, 0.2, 0.25])
+    sigma = 0.5
+    scale = pixel_radius_scale("normalized", tuple(std))
+    rng = np.random.default_rng(3)
+    for w in [np.array([0.0, 1.0, 0.0]), *rng.normal(size=(50, 3))]:
+        margin = 0.05
+        # P(w . (x + d) > b) with d ~ N(0, diag((sigma s)^2)) is Phi(margin / ||sigma s w||)
+        p = NormalDist().cdf(margin / float(np.linalg.norm(sigma * std * w)))
+        certified = scale * sigma * NormalDist().inv_cdf(p)
+        exact = margin / float(np.linalg.norm(w))
+        assert certified <= exact + 1e-12
+    w = np.array([0.0, 1.0, 0.0])
+    p = NormalDist().cdf(0.05 / float(np.linalg.norm(sigma * std * w)))
+    assert scale * sigma * NormalDist().inv_cdf(p) == pytest.approx(0.05)
+
+
+def test_answer_sets_are_single_lower_case_words() -> None:
+    assert normalize_answer_set(["Yes", " NO "]) == ("yes", "no")
+    assert normalize_answer_set(("a1",)) == ("a1",)
+    for bad, message in [
+        ([], "1 to 16"),
+        (["x"] * 17, "1 to 16"),
+        (["yes", "YES"], "twice"),
+        (["not sure"], "single words"),
+        (["oui!"], "single words"),
+        (["z" * 33], "at most 32"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            normalize_answer_set(bad)

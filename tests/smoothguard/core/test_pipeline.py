@@ -187,3 +187,34 @@ def test_certify_abstains_at_the_decision_boundary() -> None:
         selection_draws=10, estimation_draws=100, alpha=0.001,
     )  # fmt: skip
     assert result.label is None and result.radius == 0.0
+
+
+def test_certify_radius_is_in_pixels_for_normalized_noise() -> None:
+    """Same draws in either unit when sigma_pixel = sigma * std (STD is equal per channel):
+    the same certificate, and the radius stated in pixels both times."""
+    clean = np.full((3, 8, 8), 0.8, np.float32)
+    certs = {}
+    for unit, sigma in (("pixel", 0.25), ("normalized", 1.0)):
+        s = DefenseSettings(noise_unit=unit, sigma_max=2.0)
+        guard = SmoothGuard(brightness_model, embed, image_mean=MEAN, image_std=STD, settings=s)
+        certs[unit] = guard.certify(clean, "bright?", options(s, num_samples=2, sigma=sigma))
+    pixel, normalized = certs["pixel"], certs["normalized"]
+    assert pixel.label == normalized.label == "yes"
+    assert pixel.estimation_counts == normalized.estimation_counts
+    assert normalized.radius == pytest.approx(pixel.radius) and pixel.radius > 0.25
+
+
+def test_certify_defaults_to_the_settings_and_the_options_answer_set() -> None:
+    s = DefenseSettings(noise_unit="pixel", certify_selection_draws=3, certify_estimation_draws=20)
+    seen: list[int] = []
+
+    def model(images: np.ndarray, prompt: str, max_new_tokens: int) -> list[str]:
+        seen.append(len(images))
+        return ["Bright." if float(im.mean()) > 0 else "dark" for im in images]
+
+    guard = SmoothGuard(model, embed, image_mean=MEAN, image_std=STD, settings=s)
+    clean = np.full((3, 8, 8), 0.8, np.float32)
+    opts = resolve_options(s, certify=True, answer_set=["dark", "bright"], sigma=0.25, seed=1)
+    result = guard.certify(clean, "bright or dark?", opts)
+    assert seen == [23] and result.label == "bright"
+    assert sum(result.estimation_counts.values()) == 20

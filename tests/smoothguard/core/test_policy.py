@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from smoothguard.core.aggregate import Selection
-from smoothguard.core.policy import Decision, decide
+from smoothguard.core.certify import Certificate
+from smoothguard.core.policy import Decision, decide, decide_certified
 from smoothguard.core.settings import DefenseSettings
 
 SETTINGS = DefenseSettings(min_agreement=0.6, refusal_text="REFUSED", abstain_text="ABSTAIN")
@@ -70,3 +71,13 @@ def test_rejects_unknown_policy_and_mismatched_candidates() -> None:
         decide(OK, CANDS, "ignore", SETTINGS)
     with pytest.raises(ValueError, match="candidates"):
         decide(OK, CANDS[:3], "answer", SETTINGS)
+
+
+def test_a_certificate_decides_a_certify_request() -> None:
+    settings = DefenseSettings(abstain_text="(no certified answer)")
+    yes = Certificate("yes", 0.1, 0.93, {"yes": 10}, {"yes": 100})
+    assert decide_certified(yes, settings) == Decision("yes", "answered", "certified")
+    none = Certificate(None, 0.0, 0.4, {"yes": 5, "no": 5}, {"yes": 55, "no": 45})
+    assert decide_certified(none, settings) == Decision(
+        "(no certified answer)", "abstained", "not_certified"
+    )

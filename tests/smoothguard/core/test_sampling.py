@@ -111,6 +111,18 @@ def test_for_request_reads_the_options_and_settings() -> None:
     assert drive(s, ["no", "yes", "a", "b", "c", "d"]) == [range(2), range(2, 6)]
 
 
+def test_certify_requests_fail_closed_whatever_the_server_says() -> None:
+    """A dropped draw would bias CERTIFY's count and shift its selection/estimation split."""
+    settings_ = DefenseSettings(
+        failure_mode="open", certify_selection_draws=2, certify_estimation_draws=3
+    )
+    s = Sampling.for_request(resolve_options(settings_, certify=True), settings_)
+    assert (s.num_samples, s.failure_mode) == (6, "closed")
+    drive(s, {0: "yes", 1: "yes", 2: fail(2), 3: "yes", 4: "no", 5: "yes"})
+    with pytest.raises(SamplingError, match="failure_mode=closed"):
+        s.answers()
+
+
 def test_the_protocol_is_checked() -> None:
     s = sampling(4, adaptive=True)
     with pytest.raises(RuntimeError, match="no round"):

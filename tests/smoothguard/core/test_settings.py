@@ -135,6 +135,124 @@ def test_every_option_field_has_a_json_kind() -> None:
     """parse_options must know every RequestOptions field (a new one would be refused)."""
     from dataclasses import fields
 
-    from smoothguard.core.settings import _OPTION_KINDS
+    from smoothguard.core.settings import _CERTIFY_KINDS, _OPTION_KINDS
 
-    assert [f.name for f in fields(RequestOptions)] == list(_OPTION_KINDS)
+    assert [f.name for f in fields(RequestOptions)] == [*_OPTION_KINDS, *_CERTIFY_KINDS]
+
+
+# ------------------------------------------------------------------ certified mode
+
+
+def test_certify_settings_default_and_validate() -> None:
+    s = DefenseSettings()
+    assert (s.allow_certify, s.certify_selection_draws, s.certify_estimation_draws) == (
+        True,
+        10,
+        100,
+    )
+    assert s.certify_alpha == 0.001 and s.certify_max_draws == 256 and s.certify_draws == 111
+    again = DefenseSettings.from_parameters(
+        DefenseSettings(allow_certify=False, certify_alpha=0.01).to_parameters()
+    )
+    assert again.allow_certify is False and again.certify_alpha == 0.01
+    bad = [
+        ({"certify_selection_draws": 0}, "certify_selection_draws"),
+        ({"certify_estimation_draws": 0}, "certify_estimation_draws"),
+        ({"certify_alpha": 0.0}, "certify_alpha"),
+        ({"certify_alpha": 1.0}, "certify_alpha"),
+        ({"certify_estimation_draws": 300}, "over certify_max_draws 256"),
+        ({"certify_max_draws": 100}, "111 is over certify_max_draws 100"),
+    ]
+    for kwargs, message in bad:
+        with pytest.raises(ValueError, match=message):
+            DefenseSettings(**kwargs)
+
+
+def test_certify_request_draws_the_servers_copies() -> None:
+    s = DefenseSettings()
+    options = resolve_options(s, certify=True, seed=4)
+    assert options.certify and options.num_samples == 111 > s.num_samples_max
+    assert options.answer_set == ("yes", "no") and not options.adaptive
+    # NUM_SAMPLES may name the same number; the server's adaptive default does not apply.
+    assert resolve_options(s, certify=True, num_samples=111) == resolve_options(s, certify=True)
+    assert not resolve_options(DefenseSettings(adaptive=True), certify=True).adaptive
+    words = resolve_options(s, certify=True, answer_set=[" Red", "GREEN", "blue2"]).answer_set
+    assert words == ("red", "green", "blue2")
+    small = DefenseSettings(certify_selection_draws=2, certify_estimation_draws=5)
+    assert resolve_options(small, certify=True).num_samples == 8
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"adaptive": True}, "ADAPTIVE cannot be combined with CERTIFY"),
+        ({"num_samples": 10}, "NUM_SAMPLES must be left out with CERTIFY, or be 111"),
+        ({"num_samples": 112}, "got 112"),
+        ({"sigma": 0.0}, "SIGMA must be above 0 with CERTIFY"),
+        ({"answer_set": []}, "ANSWER_SET must hold 1 to 16 answers, got 0"),
+        ({"answer_set": ["w"] * 17}, "ANSWER_SET must hold 1 to 16 answers, got 17"),
+        ({"answer_set": ["yes", "Yes"]}, "ANSWER_SET names 'yes' twice"),
+        ({"answer_set": ["two cats"]}, "single words"),
+        ({"answer_set": ["sí"]}, "single words"),
+        ({"answer_set": ["a" * 33]}, "at most 32 characters"),
+        ({"answer_set": [""]}, "single words"),
+    ],
+)
+def test_certify_requests_are_refused_by_name(kwargs: dict, message: str) -> None:
+    with pytest.raises(InvalidRequest, match=r"ANSWER_SET|ADAPTIVE|NUM_SAMPLES|SIGMA") as info:
+        resolve_options(DefenseSettings(), certify=True, **kwargs)
+    assert message in str(info.value), str(info.value)
+
+
+def test_certify_can_be_turned_off_and_answer_set_needs_it() -> None:
+    with pytest.raises(InvalidRequest, match=r"CERTIFY is refused by this server \(allow_certify"):
+        resolve_options(DefenseSettings(allow_certify=False), certify=True)
+    assert not resolve_options(DefenseSettings(allow_certify=False), certify=False).certify
+    with pytest.raises(InvalidRequest, match="ANSWER_SET is only used with CERTIFY=true"):
+        resolve_options(DefenseSettings(), answer_set=["yes", "no"])
+    with pytest.raises(InvalidRequest, match="ANSWER_SET"):
+        resolve_options(DefenseSettings(), certify=False, answer_set=["yes"])
+
+
+def test_other_requests_options_are_unchanged_by_certified_mode() -> None:
+    """No certify keys in a plain request's OPTIONS: tickets and cache keys stay as they were."""
+    text = resolve_options(DefenseSettings(), seed=3).to_json()
+    assert text == (
+        '{"adaptive": false, "max_new_tokens": 32, "num_samples": 10, "policy": "answer", '
+        '"return_candidates": false, "seed": 3, "sigma": 0.15}'
+    )
+
+
+def test_certify_options_round_trip_and_are_parsed_strictly() -> None:
+    s = DefenseSettings()
+    options = resolve_options(s, certify=True, seed=3, answer_set=["cat", "dog"])
+    text = options.to_json()
+    assert '"answer_set": ["cat", "dog"]' in text and '"certify": true' in text
+    assert RequestOptions.from_json(text) == options
+    assert parse_options(text, s)[0] == options
+    plain = resolve_options(s, num_samples=4).to_json()
+    assert parse_options(plain[:-1] + ', "certify": false}', s)[0].certify is False
+    cases = {
+        text.replace('"num_samples": 111', '"num_samples": 10'): "'num_samples' must be 111",
+        text.replace('"num_samples": 111', '"num_samples": 300'): "an integer in [1, 256]",
+        text.replace('"adaptive": false', '"adaptive": true'): "'adaptive' must be false",
+        text.replace('"sigma": 0.15', '"sigma": 0'): "'sigma' must be above 0",
+        text.replace('"certify": true', '"certify": 1'): "'certify' must be a boolean",
+        text.replace('["cat", "dog"]', '"cat"'): "'answer_set' must be a list of words",
+        text.replace('["cat", "dog"]', '["cat", 2]'): "'answer_set' must be a list of words",
+        text.replace('["cat", "dog"]', '["Cat", "dog"]'): "lower-case words",
+        text.replace('["cat", "dog"]', '[]'): "'answer_set' must hold 1 to 16",
+        text.replace('["cat", "dog"]', '["a b"]'): "single words",
+        text.replace('"answer_set": ["cat", "dog"], ', ""): "lacks key(s): 'answer_set'",
+        text.replace('"certify": true', '"certify": false'): "'answer_set' must be absent",
+        plain[:-1] + ', "answer_set": ["yes"]}': "'answer_set' must be absent",
+        plain.replace('"num_samples": 4', '"num_samples": 111'): "an integer in [1, 64], got 111",
+    }  # fmt: skip
+    for bad, expected in cases.items():
+        with pytest.raises(InvalidRequest, match="OPTIONS") as info:
+            parse_options(bad, s)
+        assert expected in str(info.value), (bad, str(info.value))
+    with pytest.raises(InvalidRequest, match=r"refuses certify \(allow_certify=false\)"):
+        parse_options(text, DefenseSettings(allow_certify=False))
+    with pytest.raises(InvalidRequest, match="'num_samples' must be 8"):
+        parse_options(text, DefenseSettings(certify_selection_draws=2, certify_estimation_draws=5))

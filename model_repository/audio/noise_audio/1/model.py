@@ -4,7 +4,7 @@ default (defense.audio_noise_unit; see smoothguard.core.audio)."""
 
 from smoothguard.core.audio import AudioPreprocessor, audio_from_inputs, noisy_copies
 from smoothguard.core.noise import make_rng
-from smoothguard.core.settings import DefenseSettings
+from smoothguard.core.settings import DefenseSettings, InvalidRequest
 from smoothguard.core.xp import get_xp
 from smoothguard_triton.dlpack import output_tensor
 from smoothguard_triton.glue import (
@@ -38,6 +38,10 @@ class TritonPythonModel:
         s = self.settings
         request_prompt(request, s)  # first: a missing PROMPT is refused by name
         options = request_options(request, s)
+        if options.certify:  # only if a config ever declared CERTIFY here; Triton refuses it
+            raise InvalidRequest(
+                "CERTIFY is not offered for audio: smoothguard_audio has no certified mode"
+            )
         waveform, rate = audio_from_inputs(
             optional_input(request, "AUDIO"),
             optional_input(request, "AUDIO_BYTES"),
