@@ -12,6 +12,10 @@ resolution when the noise is drawn in pixel units; `pixel_radius_scale` states t
 radius for noise drawn in the processor's normalised space. Written with the standard library only
 (a bisection on the exact binomial tail), so the served models need no SciPy; the tests hold
 it against ``scipy.stats.beta.ppf``.
+
+`predict` is Cohen et al.'s PREDICT: the smoothed model's answer at an input, or abstain, wrong
+with probability at most alpha. The certified evaluation uses it to check certificates against
+attacks (smoothguard.evaluation.certified).
 """
 
 from __future__ import annotations
@@ -29,6 +33,20 @@ _WORD = re.compile(r"[a-z0-9]+")
 # first word), so that OPTIONS stays small and the counts stay readable.
 MAX_ANSWERS = 16
 MAX_ANSWER_CHARS = 32
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What PREDICT concluded. `label` None means abstain: the top two classes were not
+    told apart at level alpha."""
+
+    label: str | None
+    p_value: float
+    counts: dict[str, int]
+
+    @property
+    def abstained(self) -> bool:
+        return self.label is None
 
 
 @dataclass(frozen=True)
@@ -172,3 +190,34 @@ def certify(
         return Certificate(None, 0.0, p_lower, dict(chosen), dict(counted))
     radius = sigma * NormalDist().inv_cdf(p_lower)
     return Certificate(label, radius, p_lower, dict(chosen), dict(counted))
+
+
+def binomial_two_sided_p(successes: int, trials: int) -> float:
+    """The exact two-sided binomial test's p-value against p = 1/2 (as
+    ``scipy.stats.binomtest(k, n, 0.5).pvalue``): the tails are symmetric, so it is twice the
+    far tail, capped at 1."""
+    if trials < 1 or not 0 <= successes <= trials:
+        raise ValueError(f"need 0 <= successes <= trials and trials >= 1, got {successes}/{trials}")
+    far = max(successes, trials - successes)
+    if 2 * far == trials:
+        return 1.0
+    return min(1.0, 2.0 * _upper_tail(far, trials, 0.5))
+
+
+def predict(texts: Sequence[str], *, alpha: float, classes: Sequence[str] = YES_NO) -> Prediction:
+    """PREDICT from the answers to independent noisy copies: the most frequent class when a
+    two-sided binomial test between the top two rejects a tie at level alpha, else abstain.
+    Answers outside the set are not counted (Cohen et al. count the top two classes only)."""
+    if not texts:
+        raise ValueError("predict needs draws")
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    counts = _counts(texts, classes)
+    ranked = sorted(classes, key=lambda c: (-counts[c], classes.index(c)))
+    top = counts[ranked[0]]
+    second = counts[ranked[1]] if len(ranked) > 1 else 0
+    if top + second == 0:
+        return Prediction(None, 1.0, dict(counts))
+    p_value = binomial_two_sided_p(top, top + second)
+    label = ranked[0] if p_value <= alpha else None
+    return Prediction(label, p_value, dict(counts))

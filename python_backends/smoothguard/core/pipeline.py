@@ -15,7 +15,14 @@ import numpy as np
 
 from smoothguard.core.aggregate import select_one
 from smoothguard.core.answer import DefendedAnswer
-from smoothguard.core.certify import YES_NO, Certificate, certify, pixel_radius_scale
+from smoothguard.core.certify import (
+    YES_NO,
+    Certificate,
+    Prediction,
+    certify,
+    pixel_radius_scale,
+    predict,
+)
 from smoothguard.core.noise import make_rng, noisy_copies
 from smoothguard.core.policy import decide
 from smoothguard.core.sampling import Sampling
@@ -100,12 +107,7 @@ class SmoothGuard:
         s = self.settings
         n0 = s.certify_selection_draws if selection_draws is None else selection_draws
         n = s.certify_estimation_draws if estimation_draws is None else estimation_draws
-        draws = n0 + n
-        wanted = dataclasses.replace(options, num_samples=draws + 1)
-        copies = self.noisy_copies(pixel_values, wanted)[1:]  # copy 0 is the clean image
-        texts: list[str] = []
-        for lo in range(0, draws, batch):
-            texts += self._generate(copies[lo : lo + batch], prompt, options.max_new_tokens)
+        texts = self._noisy_answers(pixel_values, prompt, options, n0 + n, batch)
         return certify(
             texts[:n0],
             texts[n0:],
@@ -113,6 +115,34 @@ class SmoothGuard:
             alpha=s.certify_alpha if alpha is None else alpha,
             classes=classes or options.answer_set or YES_NO,
         )
+
+    def predict(
+        self,
+        pixel_values: np.ndarray,
+        prompt: str,
+        options: RequestOptions,
+        *,
+        draws: int,
+        alpha: float,
+        batch: int = 64,
+        classes: Sequence[str] | None = None,
+    ) -> Prediction:
+        """Cohen et al.'s PREDICT for a closed question: the smoothed model's answer at this
+        image or abstain, wrong with probability at most alpha; the certified evaluation's
+        check of a certificate at an attacked image. All draws noisy, as for certify."""
+        texts = self._noisy_answers(pixel_values, prompt, options, draws, batch)
+        return predict(texts, alpha=alpha, classes=classes or options.answer_set or YES_NO)
+
+    def _noisy_answers(
+        self, pixel_values: np.ndarray, prompt: str, options: RequestOptions, draws: int, batch: int
+    ) -> list[str]:
+        """Answers to `draws` noisy copies (options.seed's), asked `batch` at a time."""
+        wanted = dataclasses.replace(options, num_samples=draws + 1)
+        copies = self.noisy_copies(pixel_values, wanted)[1:]  # copy 0 is the clean image
+        texts: list[str] = []
+        for lo in range(0, draws, batch):
+            texts += self._generate(copies[lo : lo + batch], prompt, options.max_new_tokens)
+        return texts
 
     def noisy_copies(self, pixel_values: np.ndarray, options: RequestOptions) -> np.ndarray:
         """The N inputs, copy 0 untouched; other modalities override this step alone."""

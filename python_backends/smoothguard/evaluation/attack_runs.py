@@ -91,10 +91,19 @@ def model_fingerprint(model_path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+def _spec_key(spec: AttackSpec) -> dict[str, Any]:
+    """The spec as fingerprints hash it: without `norm` when it is the default "linf", so the
+    attacks saved before L2 attacks existed keep their fingerprints and are still replayed."""
+    key = dataclasses.asdict(spec)
+    if key["norm"] == "linf":
+        del key["norm"]
+    return key
+
+
 def _fingerprint(run: AttackRun, items: Sequence[Any], model_path: Path) -> str:
     payload = json.dumps(
         {
-            "spec": dataclasses.asdict(run.spec),
+            "spec": _spec_key(run.spec),
             "algorithm": ALGORITHM_REVISION,
             "target": run.target,
             "restarts": run.restarts,
@@ -120,6 +129,12 @@ def compute_attack(
     `broken(images, items)` says which adversarial inputs already fool the undefended model;
     it is needed for `run.restarts`.
     """
+    if run.spec.norm != "linf":
+        # Their float images are off the uint8 grid the replay path (and the server) reads.
+        raise ValueError(
+            f"{run.name}: only L-inf attacks are saved and replayed, got norm {run.spec.norm!r}"
+            " (L2 attacks return float pixels; see smoothguard.evaluation.certified)"
+        )
     folder = config.out / "attacks" / run.name
     fingerprint = _fingerprint(run, items, config.model_path)
     saved = folder / "images.npz"
@@ -221,6 +236,8 @@ def saved_attacks(eval_dir: Path, *, eot: bool = True) -> list[AttackRun]:
     for folder in sorted((eval_dir / "attacks").iterdir()):
         manifest = json.loads((folder / "manifest.json").read_text())
         spec = AttackSpec(**manifest["spec"])
+        if spec.norm != "linf":
+            raise ValueError(f"{folder}: saved attacks are L-inf only, got norm {spec.norm!r}")
         if spec.eot_samples and not eot:
             continue
         images = np.load(folder / "images.npz")["images"]

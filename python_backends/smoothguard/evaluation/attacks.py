@@ -1,9 +1,13 @@
 """White-box attacks on the vision-language model through PyTorch autograd.
 
-All attacks work on images at the model's input resolution in [0, 1] pixel space, bounded in
-L-inf by `eps` (8/255 means eight grey levels), and return uint8 images on that grid so an
-attack computed once replays bit-exactly through the served endpoint (which resizes an image
-already at the model's resolution to itself).
+All attacks work on images at the model's input resolution in [0, 1] pixel space. The L-inf
+attacks (`AttackSpec.norm` "linf", the default) are bounded by `eps` per pixel (8/255 means
+eight grey levels) and return uint8 images on that grid, so an attack computed once replays
+bit-exactly through the served endpoint (which resizes an image already at the model's
+resolution to itself). L2 attacks (`norm="l2"`, for testing certified radii) are bounded by
+`eps` in L2 over the whole image and return float32 [0, 1] images (`is_float_pixels`), since
+rounding to uint8 alone moves a 64x64 image by ~0.13 in L2 (up to 0.22), as much as the radii;
+they are fed to the model in process (`normalize_pixels`), never saved for replay.
 
 - `pgd`: per-image PGD ascending log p(push answers) - log p(pull answers), cosine-decayed
   step size, each input's best iterate kept; untargeted
@@ -11,7 +15,8 @@ already at the model's resolution to itself).
   attack pushes the harmful marker.
 - `universal=True`: one perturbation shared by every image of the batch.
 - `eot_samples > 0`: the adaptive attack on randomized defenses (Athalye et al.), the gradient
-  averaged over the same Gaussian noise the defense adds.
+  averaged over the same Gaussian noise the defense adds: with `norm="l2"` and the certified
+  sigma in pixel units this attacks the smoothed classifier (Salman et al. 2019).
 
 Other modalities: a model with an `attack_domain()` method supplies its own input space
 (encode / project / model_input / noisy / decode, see `_ImageDomain`); audio models use the
@@ -32,8 +37,9 @@ from smoothguard.core.noise import normalized_sigma
 
 # Bumped whenever `pgd` changes what it computes for the same spec, so that saved attacks
 # (smoothguard.evaluation) made by an older algorithm are recomputed, not replayed.
-# 2: cosine-decayed 2 eps steps, best iterate kept per input.
+# 2: cosine-decayed 2 eps steps, best iterate kept per input. (L2 attacks are never saved.)
 ALGORITHM_REVISION = 2
+NORMS = ("linf", "l2")
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,15 @@ class AttackSpec:
     noise_unit: str = "normalized"
     random_start: bool = True
     seed: int = 0
+    # "linf" (uint8 out) or "l2" (float32 [0, 1] out). Left out of a saved attack's fingerprint
+    # when "linf", so attacks saved before the field existed are still replayed.
+    norm: str = "linf"
+
+    def __post_init__(self) -> None:
+        if self.norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
+        if self.norm == "l2" and self.universal:
+            raise ValueError("universal L2 attacks are not supported")
 
     @property
     def alpha(self) -> float:
@@ -78,6 +93,23 @@ def to_unit_pixels(model: Any, images: Sequence[np.ndarray]) -> torch.Tensor:
     norm = _Normalizer(model)
     values = model.preprocess(list(images)).float() * norm.std + norm.mean
     return (values.clamp(0, 1) * 255).round() / 255
+
+
+def is_float_pixels(images: np.ndarray) -> bool:
+    """True for an L2 attack's output (float [0, 1] pixels), which must not be read as uint8."""
+    return np.asarray(images).dtype.kind == "f"
+
+
+def normalize_pixels(model: Any, images: np.ndarray) -> np.ndarray:
+    """float [B,H,W,3] in [0, 1] at the model's resolution -> the model's normalised
+    [B,3,H,W] float32, without the processor's resize and rescale (which would re-quantise or
+    divide by 255 again)."""
+    if not is_float_pixels(images):
+        raise TypeError(f"expected float [0, 1] pixels, got {np.asarray(images).dtype}")
+    x = torch.as_tensor(np.asarray(images, np.float32)).permute(0, 3, 1, 2)
+    if tuple(x.shape[2:]) != tuple(model.image_size):
+        raise ValueError(f"images must be at the model's resolution {model.image_size}")
+    return _Normalizer(model)(x).contiguous().numpy()
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
@@ -117,6 +149,21 @@ class _ImageDomain:
 
     def decode(self, x: torch.Tensor) -> np.ndarray:
         return to_uint8(x.clamp(0, 1))
+
+    def decode_float(self, x: torch.Tensor) -> np.ndarray:
+        """[B,3,H,W] -> float32 [B,H,W,3] in [0, 1], off the uint8 grid (L2 attacks)."""
+        return x.detach().clamp(0, 1).permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def _l2_norms(x: torch.Tensor) -> torch.Tensor:
+    """Per input, shaped to broadcast against x."""
+    return x.flatten(1).norm(dim=1).view(-1, *([1] * (x.dim() - 1)))
+
+
+def _l2_ball(delta: torch.Tensor, eps: float) -> torch.Tensor:
+    """Scale each input's delta into the L2 ball of radius eps (a projection)."""
+    norms = _l2_norms(delta)
+    return delta * torch.clamp(eps / norms.clamp_min(1e-12), max=1.0)
 
 
 def _domain(model: Any, spec: AttackSpec) -> Any:
@@ -162,7 +209,9 @@ def pgd(
     spec: AttackSpec,
     progress: Any | None = None,
 ) -> np.ndarray:
-    """Adversarial inputs: uint8 images [B,H,W,3] (or the domain's, e.g. float32 waveforms).
+    """Adversarial inputs: uint8 images [B,H,W,3] for L-inf specs; float32 [B,H,W,3] in
+    [0, 1] for L2 specs (within eps of the clean image in L2, off the uint8 grid); or the
+    domain's own (e.g. float32 waveforms).
 
     `progress(n)` is called once per step if given.
     """
@@ -172,6 +221,8 @@ def pgd(
     domain = _domain(model, spec)
     x = domain.encode(images)
     shape = (1, *x.shape[1:]) if spec.universal else tuple(x.shape)
+    if spec.norm == "l2":
+        return _pgd_l2(model, domain, x, prompts, push, pull, spec, generator, progress)
     if spec.random_start:
         delta = (torch.rand(shape, generator=generator) * 2 - 1) * spec.eps
     else:
@@ -200,3 +251,53 @@ def pgd(
         if progress is not None:
             progress(1)
     return domain.decode(domain.project(x + best_delta))
+
+
+def _pgd_l2(
+    model: Any,
+    domain: Any,
+    x: torch.Tensor,
+    prompts: Sequence[str],
+    push: Sequence[str] | None,
+    pull: Sequence[str] | None,
+    spec: AttackSpec,
+    generator: torch.Generator,
+    progress: Any | None,
+) -> np.ndarray:
+    """PGD in L2: steps along each input's unit gradient, then into the eps ball and the valid
+    range. Clamping to the range only shrinks each coordinate of delta, so the L2 bound holds
+    after it."""
+    if spec.random_start:  # a uniform radius in a random direction
+        direction = torch.randn(x.shape, generator=generator)
+        radius = torch.rand((x.shape[0],), generator=generator).view(-1, *([1] * (x.dim() - 1)))
+        delta = direction / _l2_norms(direction).clamp_min(1e-12) * radius * spec.eps
+    else:
+        delta = torch.zeros_like(x)
+    delta = domain.project(x + _l2_ball(delta, spec.eps)) - x
+    best_delta = delta.clone()
+    best = torch.full((x.shape[0],), -float("inf"))
+    for step in range(spec.steps + 1):
+        delta.requires_grad_(True)
+        per_input = _objective(model, domain, x + delta, prompts, push, pull, spec, generator)
+        with torch.no_grad():
+            better = per_input.detach() > best
+            best = torch.where(better, per_input.detach(), best)
+            mask = better.view(-1, *([1] * (delta.dim() - 1)))
+            best_delta = torch.where(mask, delta.detach(), best_delta)
+        if step == spec.steps:
+            break
+        (grad,) = torch.autograd.grad(per_input.sum(), delta)
+        with torch.no_grad():
+            unit = grad / _l2_norms(grad).clamp_min(1e-12)
+            delta = _l2_ball(delta + spec.step_at(step) * unit, spec.eps)
+            delta = domain.project(x + delta) - x
+        if progress is not None:
+            progress(1)
+    # Rounding x + delta to float32 moves each value by up to 2^-25 (values <= 1), so the
+    # image by up to sqrt(D) 2^-25 in L2: pull delta in by twice that (and a relative hair for
+    # the norm's own rounding) so the output is within eps even measured in float64.
+    margin = math.sqrt(x[0].numel()) * 2.0**-24
+    inside = max(spec.eps - margin, 0.0) * (1 - 1e-6)
+    adv = domain.project(x + _l2_ball(domain.project(x + best_delta) - x, inside))
+    decode = getattr(domain, "decode_float", None)
+    return decode(adv) if callable(decode) else domain.decode(adv)

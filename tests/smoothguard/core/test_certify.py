@@ -12,10 +12,12 @@ from scipy import stats
 
 from smoothguard.core.certify import (
     answer_class,
+    binomial_two_sided_p,
     certify,
     clopper_pearson_lower,
     normalize_answer_set,
     pixel_radius_scale,
+    predict,
 )
 
 
@@ -143,3 +145,50 @@ def test_answer_sets_are_single_lower_case_words() -> None:
     ]:
         with pytest.raises(ValueError, match=message):
             normalize_answer_set(bad)
+
+
+@settings(max_examples=300, deadline=None)
+@given(trials=st.integers(1, 300), share=st.floats(0.0, 1.0))
+def test_two_sided_p_value_is_scipys_binomtest(trials: int, share: float) -> None:
+    successes = round(share * trials)
+    expected = stats.binomtest(successes, trials, 0.5).pvalue
+    assert binomial_two_sided_p(successes, trials) == pytest.approx(expected, rel=1e-9, abs=1e-12)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    yes=st.integers(0, 120),
+    no=st.integers(0, 120),
+    other=st.integers(0, 20),
+    alpha=st.sampled_from([0.1, 0.01, 0.001]),
+)
+def test_predict_answers_when_binomtest_rejects_a_tie(
+    yes: int, no: int, other: int, alpha: float
+) -> None:
+    if yes + no + other == 0:
+        return
+    result = predict(["Yes."] * yes + ["no"] * no + ["a cat"] * other, alpha=alpha)
+    if yes + no == 0:
+        assert result.abstained
+        return
+    p_value = stats.binomtest(max(yes, no), yes + no, 0.5).pvalue
+    assert result.p_value == pytest.approx(p_value, rel=1e-9, abs=1e-12)
+    expected = None if p_value > alpha else ("yes" if yes > no else "no")
+    assert result.label == expected and result.counts.get("yes", 0) == yes
+
+
+def test_predict_is_wrong_at_most_alpha_of_the_time() -> None:
+    """Simulated: draws with the top class at 0.6 rarely make PREDICT name the other one."""
+    rng = np.random.default_rng(3)
+    wrong = 0
+    for _ in range(500):
+        k = int(rng.binomial(100, 0.6))
+        wrong += predict(["yes"] * k + ["no"] * (100 - k), alpha=0.05).label == "no"
+    assert wrong / 500 <= 0.05
+
+
+def test_predict_refuses_nothing_to_count() -> None:
+    with pytest.raises(ValueError, match="draws"):
+        predict([], alpha=0.01)
+    with pytest.raises(ValueError, match="alpha"):
+        predict(["yes"], alpha=0.0)

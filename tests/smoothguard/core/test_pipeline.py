@@ -218,3 +218,15 @@ def test_certify_defaults_to_the_settings_and_the_options_answer_set() -> None:
     result = guard.certify(clean, "bright or dark?", opts)
     assert seen == [23] and result.label == "bright"
     assert sum(result.estimation_counts.values()) == 20
+
+
+def test_predict_answers_away_from_the_boundary_and_abstains_at_it() -> None:
+    s = DefenseSettings(noise_unit="pixel")
+    guard = SmoothGuard(brightness_model, embed, image_mean=MEAN, image_std=STD, settings=s)
+    opts = options(s, num_samples=2, sigma=0.25)
+    bright = guard.predict(np.full((3, 8, 8), 0.8, np.float32), "bright?", opts, draws=50,
+                           alpha=0.001)  # fmt: skip
+    assert bright.label == "yes" and sum(bright.counts.values()) == 50
+    boundary = guard.predict(np.zeros((3, 8, 8), np.float32), "bright?", opts, draws=50,
+                             alpha=0.001)  # fmt: skip
+    assert boundary.label is None
