@@ -42,7 +42,7 @@ from tqdm import tqdm
 
 from smoothguard.core.certify import YES_NO, clopper_pearson_lower
 from smoothguard.core.settings import DefenseSettings, resolve_options
-from smoothguard.evaluation.config import REPO_ROOT
+from smoothguard.evaluation.config import REPO_ROOT, public_config
 
 RADII = (0.0, 0.125, 0.25, 0.5, 0.75, 1.0)
 # Confidence of the flip-rate bounds the soundness check reports.
@@ -278,7 +278,7 @@ def evaluate(config: CertifiedConfig, log: Callable[[str], None] = print) -> dic
     certified_radii = [r["radius"] for r in rows if r["certified"]]
     results: dict[str, Any] = {
         "config": {
-            **{k: str(v) if isinstance(v, Path) else v for k, v in _public(config).items()},
+            **public_config(config),
             "predict_draws": config.draws_to_predict,
         },
         "model_input": list(model.image_size),
@@ -298,10 +298,6 @@ def evaluate(config: CertifiedConfig, log: Callable[[str], None] = print) -> dic
     plot(rows, config, config.out / "certified_accuracy_vs_radius.png")
     log(markdown(results))
     return results
-
-
-def _public(config: CertifiedConfig) -> dict[str, Any]:
-    return dataclasses.asdict(config)
 
 
 def markdown(results: dict[str, Any]) -> str:

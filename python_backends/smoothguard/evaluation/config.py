@@ -112,5 +112,6 @@ def public_config(config: Any) -> dict[str, Any]:
     """The config as results.json keeps it: paths as text, and only the names of headers
     (their values are credentials)."""
     out = {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(config).items()}
-    out["headers"] = [name for name, _ in config.headers]
+    if "headers" in out:
+        out["headers"] = [name for name, _ in config.headers]
     return out
