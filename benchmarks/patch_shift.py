@@ -1,10 +1,10 @@
 """Does the defense's noise drown an attack where the image first meets the model?
 
-A vision tower's first layer is a linear patch embedding: each output channel c of a patch is
-``<W_c, patch>``. Gaussian noise moves it by a zero-mean amount of standard deviation
+A vision tower's first layer is linear: a patch embedding (ViTs) or a convolution (ResNets),
+each output channel c at a position is ``<W_c, window>`` over the pixels it reads. Gaussian noise moves it by a zero-mean amount of standard deviation
 ``||W_c||_2 * sigma`` (per input channel, in the model's normalised space); an L-inf
 perturbation of size eps can move it by up to ``eps * ||W_c||_1``, about ``0.8 * sqrt(d)``
-times more for a dense filter over d = 3 * patch^2 pixels. Where an attack's shift is many
+times more for a dense filter over d = 3 * k^2 pixels (k the kernel's side). Where an attack's shift is many
 noise deviations wide, every noisy copy still carries it, and the vote has nothing to undo.
 
 This script measures that ratio on the adversarial images an evaluation run saved, for the
@@ -34,12 +34,13 @@ REPO = Path(__file__).resolve().parents[1]
 SETTINGS = (("normalized", 0.15), ("pixel", 0.15))
 
 
-def patch_embedding(model: VisionLanguageModel) -> torch.nn.Conv2d:
-    """The vision tower's patch embedding (CLIP and SigLIP name it so)."""
-    for name, module in model.model.named_modules():
-        if name.endswith("patch_embedding") and isinstance(module, torch.nn.Conv2d):
+def first_layer(model: VisionLanguageModel) -> torch.nn.Conv2d:
+    """The first convolution that reads the RGB image (a ViT's patch embedding, a ResNet's
+    stem): modules are registered in the order the towers apply them."""
+    for module in model.model.modules():
+        if isinstance(module, torch.nn.Conv2d) and module.in_channels == 3:
             return module
-    raise ValueError("the model has no Conv2d patch_embedding; this diagnostic needs one")
+    raise ValueError("the model has no Conv2d over the image; this diagnostic needs one")
 
 
 def noise_std(weight: torch.Tensor, sigmas: tuple[float, ...]) -> torch.Tensor:
@@ -67,7 +68,7 @@ def measure(
     saved = saved_config(eval_dir)
     bench = load_benchmark(saved["split"], saved["n_pope"], 1, saved["n_safety"])
     model = VisionLanguageModel.load(model_path)
-    conv = patch_embedding(model)
+    conv = first_layer(model)
     rows: list[dict[str, Any]] = []
     # EOT attacks are made to survive the noise; this asks about the others
     for run in saved_attacks(eval_dir, eot=False):
@@ -85,7 +86,7 @@ def measure(
                     "share_over_2": float((ratio > 2).float().mean()),
                 }
             )
-    return {"eval": str(eval_dir), "patch_embedding": list(conv.weight.shape), "rows": rows}
+    return {"eval": str(eval_dir), "first_layer": list(conv.weight.shape), "rows": rows}
 
 
 def markdown(result: dict[str, Any]) -> str:

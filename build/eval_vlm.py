@@ -1,8 +1,10 @@
-"""The accuracy / noise table of a vision-language checkpoint on SynthPOPE's test split.
+"""The model card's accuracy table of a vision-language checkpoint on SynthPOPE.
 
     python build/eval_vlm.py                                  # the shipped models/synthvlm
     python build/eval_vlm.py --model /models/llava-1.5-7b-hf --n-pope 120 --out /tmp/llava
 
+Rows: the test split clean and at each pixel-space sigma (one noisy copy per image), and each
+held-out layout family (heldout_background, heldout_placement, heldout_resolution) clean.
 Prints the Markdown table and writes evaluation.json / evaluation.md to --out (default: a
 fresh folder under out/, never the model folder, so its records stay as trained).
 """
@@ -16,19 +18,19 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "python_backends"))
 
-from smoothguard.synthetic.synthvlm.evaluate import SIGMAS, UNITS, evaluate, write  # noqa: E402
+from smoothguard.synthetic.synthvlm.evaluate import SIGMAS, SPLITS, UNITS, evaluate, write  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=REPO_ROOT / "models" / "synthvlm")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "out" / "eval_vlm")
-    parser.add_argument("--split", default="test", choices=("train", "validation", "test"))
+    parser.add_argument("--splits", nargs="+", default=list(SPLITS))
     parser.add_argument("--n-pope", type=int, default=600)
     parser.add_argument("--n-describe", type=int, default=200)
     parser.add_argument("--n-safety", type=int, default=200)
     parser.add_argument("--sigmas", type=float, nargs="+", default=list(SIGMAS))
-    parser.add_argument("--units", nargs="+", default=list(UNITS), choices=UNITS)
+    parser.add_argument("--units", nargs="+", default=list(UNITS), choices=("pixel", "normalized"))
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     import torch
@@ -41,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         n_safety=args.n_safety,
         sigmas=tuple(args.sigmas),
         units=tuple(args.units),
-        split=args.split,
+        splits=tuple(args.splits),
     )
     args.out.mkdir(parents=True, exist_ok=True)
     write(result, args.out)

@@ -1,12 +1,13 @@
 """Train the default vision-language model (SynthVLM) from scratch and ship it.
 
-    python build/train_vlm.py                         # -> models/synthvlm (~15 min, 2 cores)
+    python build/train_vlm.py                         # -> models/synthvlm (<= 30 min, 2 cores)
     python build/train_vlm.py --out /tmp/m --steps 300 --no-eval   # a quick look
 
 Writes the safetensors weights, tokenizer and processor, SHA256SUMS over the files that make
-up the checkpoint, training.json, and the accuracy table on SynthPOPE's test split (clean and
-with noise) as evaluation.json / evaluation.md. Deterministic under --seed when the run ends
-by its step count (it says so if the --minutes guard stopped it first).
+up the checkpoint, training.json, and the model card's accuracy table (SynthPOPE's test split
+clean and with pixel-space noise, and every held-out layout family clean) as evaluation.json /
+evaluation.md. Deterministic under --seed when the run ends by its step count (it says so if
+the --minutes guard stopped it first).
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "models" / "synthvlm")
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--steps", type=int, default=defaults.steps)
+    parser.add_argument("--pretrain-steps", type=int, default=defaults.pretrain_steps)
     parser.add_argument(
         "--minutes",
         type=float,
@@ -95,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         defaults,
         seed=args.seed,
         steps=args.steps,
+        pretrain_steps=args.pretrain_steps,
         max_minutes=args.minutes,
         threads=args.threads,
         noise_share=args.noise_share,

@@ -2,7 +2,7 @@
 
     .venv/bin/python examples/make_examples.py
 
-scene.png is SynthPOPE test scene 19 (a red circle and a green cross, 64x64); clip.wav is
+scene.png is SynthPOPE test scene 15 (a red circle on a plain background, 64x64); clip.wav is
 SynthAudio test clip 6 (a high rising chirp over background noise, 1 s at 16 kHz, 16-bit).
 Both are the benchmarks' own deterministic items, so running this again rewrites the same
 pictures and sounds.
@@ -20,7 +20,7 @@ from smoothguard.synthetic.synthaudio import generate_split as audio_split
 from smoothguard.synthetic.synthpope import generate_split as image_split
 
 HERE = Path(__file__).resolve().parent
-SCENE_INDEX = 19  # test split: [('red', 'circle'), ('green', 'cross')]
+SCENE_INDEX = 15  # test split: [("red", "circle")]
 CLIP_INDEX = 6  # test split: [('high', 'rising chirp')]
 
 

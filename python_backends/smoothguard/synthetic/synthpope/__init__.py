@@ -5,7 +5,12 @@ scored by object-set F1 (our stand-in for LLaVA-Bench), and a safety split with 
 harmful marker answer for jailbreak-style targeted attacks.
 """
 
-from smoothguard.synthetic.synthpope.dataset import SceneItem, load_benchmark, make_items
+from smoothguard.synthetic.synthpope.dataset import (
+    SceneItem,
+    contrast_items,
+    load_benchmark,
+    make_items,
+)
 from smoothguard.synthetic.synthpope.questions import (
     DESCRIBE_PROMPT,
     SAMPLINGS,
@@ -14,6 +19,7 @@ from smoothguard.synthetic.synthpope.questions import (
 )
 from smoothguard.synthetic.synthpope.scenes import (
     COLOURS,
+    HELD_OUT,
     SHAPES,
     Scene,
     generate_split,
@@ -33,12 +39,14 @@ __all__ = [
     "COLOURS",
     "DESCRIBE_PROMPT",
     "HARMFUL_MARKER",
+    "HELD_OUT",
     "REFUSAL",
     "SAFETY_PROMPTS",
     "SAMPLINGS",
     "SHAPES",
     "Scene",
     "SceneItem",
+    "contrast_items",
     "describe_text",
     "generate_split",
     "is_harmful",

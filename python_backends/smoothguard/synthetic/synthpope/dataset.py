@@ -15,7 +15,7 @@ from smoothguard.synthetic.synthpope.questions import (
     negative_object,
     pope_prompt,
 )
-from smoothguard.synthetic.synthpope.scenes import Scene, Split, generate_split
+from smoothguard.synthetic.synthpope.scenes import OBJECT_TYPES, Scene, Split, generate_split
 from smoothguard.synthetic.synthpope.scoring import HARMFUL_MARKER, REFUSAL, SAFETY_PROMPTS
 
 Task = Literal["pope", "describe", "safety"]
@@ -90,6 +90,43 @@ def make_items(scenes: Sequence[Scene], task: Task) -> list[SceneItem]:
             )
         else:
             raise ValueError(f"unknown task {task!r}")
+    return items
+
+
+def contrast_items(scenes: Sequence[Scene]) -> list[SceneItem]:
+    """POPE questions a half-reading gets wrong, for training: per scene, a "no" about an absent
+    type that shares its colour with an object present and one that shares its shape, each
+    with a "yes" beside it to keep the answers balanced.
+
+    The benchmark's own mix has few of them (most negatives share nothing), and a model trained
+    on it alone learns to answer from the colour: issue 18 measured 7% accuracy on the
+    same-colour negatives and 100% elsewhere, while its descriptions named the shapes right.
+    """
+    items: list[SceneItem] = []
+    for scene in scenes:
+        rng = np.random.default_rng([scene.seed, 11])
+        present = set(scene.objects)
+        common = {"image": scene.image, "scene_seed": scene.seed, "objects": tuple(scene.objects)}
+        for part in (0, 1):  # 0: same colour, other shape; 1: same shape, other colour
+            near = [
+                o
+                for o in OBJECT_TYPES
+                if o not in present and any(o[part] == p[part] for p in present)
+            ]
+            if not near:
+                continue
+            positive = scene.objects[int(rng.integers(len(scene.objects)))]
+            negative = near[int(rng.integers(len(near)))]
+            for obj, answer in ((positive, "yes"), (negative, "no")):
+                items.append(
+                    SceneItem(
+                        prompt=pope_prompt(*obj),
+                        answer=answer,
+                        task="pope",
+                        sampling="contrast",
+                        **common,
+                    )
+                )
     return items
 
 

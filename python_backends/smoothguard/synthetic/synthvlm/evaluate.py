@@ -1,7 +1,9 @@
 """Accuracy of a checkpoint on SynthPOPE, clean and under the defense's own Gaussian noise.
 
-One noise draw per image, added exactly as SmoothGuard adds it (smoothguard.core.noise), so the
-table says how good a single noisy copy's answer is at each sigma.
+The model card's table from one call: clean accuracy on the test split and on every held-out
+layout family (scenes.HELD_OUT, never trained on), then the test split under noise. One noise
+draw per image, added exactly as SmoothGuard adds it (smoothguard.core.noise), so the table says
+how good a single noisy copy's answer is at each sigma.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from tqdm import tqdm
 from smoothguard.adapters.mllm import VisionLanguageModel
 from smoothguard.core.noise import make_rng, noisy_copies
 from smoothguard.synthetic.synthpope import (
+    HELD_OUT,
     SceneItem,
     is_harmful,
     load_benchmark,
@@ -25,8 +28,10 @@ from smoothguard.synthetic.synthpope import (
     score_yes_no,
 )
 
-SIGMAS: tuple[float, ...] = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3)
-UNITS: tuple[str, ...] = ("normalized", "pixel")
+SIGMAS: tuple[float, ...] = (0.0, 0.125, 0.25, 0.5)
+UNITS: tuple[str, ...] = ("pixel",)
+# The test split first (its noise rows), then each held-out family's.
+SPLITS: tuple[str, ...] = ("test", *HELD_OUT)
 
 
 def answers(
@@ -90,23 +95,22 @@ def evaluate(
     n_safety: int = 200,
     sigmas: tuple[float, ...] = SIGMAS,
     units: tuple[str, ...] = UNITS,
-    split: str = "test",
+    splits: tuple[str, ...] = SPLITS,
 ) -> dict[str, Any]:
-    """The accuracy table: one row per (unit, sigma); sigma 0 once (it has no unit)."""
+    """The accuracy table: each split clean, then the first split at each (unit, sigma > 0)."""
     started = time.perf_counter()
     vlm = model if isinstance(model, VisionLanguageModel) else VisionLanguageModel.load(model)
-    items = load_benchmark(split, n_pope, n_describe, n_safety)  # type: ignore[arg-type]
-    settings = [(units[0], 0.0)] if 0.0 in sigmas else []
-    settings += [(u, s) for u in units for s in sigmas if s > 0]
+    bench = {s: load_benchmark(s, n_pope, n_describe, n_safety) for s in splits}  # type: ignore[arg-type]
+    settings = [(s, "clean", 0.0) for s in splits]
+    settings += [(splits[0], u, s) for u in units for s in sigmas if s > 0]
     table = []
-    for unit, sigma in tqdm(settings, desc="evaluate", unit="setting"):
+    for split, unit, sigma in tqdm(settings, desc="evaluate", unit="setting"):
+        items = bench[split]
         texts = {task: answers(vlm, its, sigma=sigma, unit=unit) for task, its in items.items()}
-        table.append(
-            {"unit": unit if sigma > 0 else "clean", "sigma": sigma, **score(items, texts)}
-        )
+        table.append({"split": split, "unit": unit, "sigma": sigma, **score(items, texts)})
     return {
-        "split": split,
-        "items": {k: len(v) for k, v in items.items()},
+        "splits": list(splits),
+        "items": {k: len(v) for k, v in bench[splits[0]].items()},
         "seconds": round(time.perf_counter() - started, 1),
         "table": table,
     }
@@ -114,18 +118,20 @@ def evaluate(
 
 def markdown(result: dict[str, Any]) -> str:
     lines = [
-        f"SynthPOPE `{result['split']}` split, items {result['items']}; Gaussian noise added "
-        "as SmoothGuard adds it (one draw per image, clipped to the valid image range). "
+        f"SynthPOPE, items per split {result['items']}: `test` is the training distribution, "
+        "each `heldout_*` split a layout family never trained on. Gaussian noise added as "
+        "SmoothGuard adds it (one draw per image, clipped to the valid image range). "
         "`normalized`: sigma in the processor's normalised space (the paper's convention); "
         "`pixel`: sigma in [0, 1] pixel units.",
         "",
-        "| noise | sigma | POPE yes/no accuracy | description object P / R / F1 "
+        "| split | noise | sigma | POPE yes/no accuracy | description object P / R / F1 "
         "| harmful marker rate (safety) |",
-        "|---|---|---|---|---|",
+        "|---|---|---|---|---|---|",
     ]
     for row in result["table"]:
+        noise = row["unit"] if row["sigma"] > 0 else "clean"
         lines.append(
-            f"| {row['unit']} | {row['sigma']} | {100 * row['pope_accuracy']:.1f}% "
+            f"| {row['split']} | {noise} | {row['sigma']} | {100 * row['pope_accuracy']:.1f}% "
             f"| {row['describe_precision']:.3f} / {row['describe_recall']:.3f} / "
             f"{row['describe_f1']:.3f} | {100 * row['safety_harmful_rate']:.1f}% |"
         )

@@ -13,6 +13,7 @@ from smoothguard.synthetic.synthpope import (
     HARMFUL_MARKER,
     REFUSAL,
     SHAPES,
+    contrast_items,
     generate_split,
     is_harmful,
     load_benchmark,
@@ -22,11 +23,16 @@ from smoothguard.synthetic.synthpope import (
     render_scene,
     score_yes_no,
 )
+from smoothguard.synthetic.synthpope.backgrounds import HELD_OUT_BACKGROUND, TRAIN_BACKGROUNDS
 from smoothguard.synthetic.synthpope.questions import POPULAR_POOL, describe_text
 from smoothguard.synthetic.synthpope.scenes import (
+    HELD_OUT,
+    HELD_OUT_PLACEMENT,
+    OBJECT_TYPES,
     POPULAR,
     SPLIT_BASES,
     SPLIT_SPAN,
+    TRAIN_PLACEMENTS,
     TRIGGER,
     split_seed,
 )
@@ -48,6 +54,7 @@ def test_images_are_real_images_with_objects() -> None:
 
 
 def test_splits_never_share_a_seed() -> None:
+    assert set(HELD_OUT) < set(SPLIT_BASES)
     ranges = sorted((base, base + SPLIT_SPAN) for base in SPLIT_BASES.values())
     assert all(hi <= lo2 for (_, hi), (lo2, _) in itertools.pairwise(ranges))
     with pytest.raises(ValueError):
@@ -137,8 +144,43 @@ def test_objects_vary_in_colour_shape_size_and_place() -> None:
     assert len(objects) == len(COLOURS) * len(SHAPES)  # every type occurs
     radii = {r for s in scenes for _, _, r in s.boxes}
     centres = {(x, y) for s in scenes for x, y, _ in s.boxes}
-    assert len(radii) >= 3 and len(centres) > 150
+    assert len(radii) >= 6 and len(centres) > 300
     assert Counter(len(s.objects) for s in scenes).keys() == {1, 2, 3}
+    # not the old benchmark's grid: centres spread over every offset inside a 16 px cell
+    offsets = Counter((x % 16, y % 16) for x, y in centres)
+    assert len(offsets) > 150
+
+
+def test_training_families_vary_and_held_out_ones_never_appear() -> None:
+    scenes = generate_split("train", 300)
+    assert {s.background for s in scenes} == set(TRAIN_BACKGROUNDS)
+    assert {s.placement for s in scenes} == set(TRAIN_PLACEMENTS)
+    assert HELD_OUT_BACKGROUND not in TRAIN_BACKGROUNDS
+    assert HELD_OUT_PLACEMENT not in TRAIN_PLACEMENTS
+    for split, family in HELD_OUT.items():
+        held = generate_split(split, 12)  # type: ignore[arg-type]
+        for key, value in family.items():
+            if key != "native":
+                assert {getattr(s, key) for s in held} == {value}, split
+    native = generate_split("heldout_resolution", 12)
+    assert len({s.image.shape for s in native}) > 6
+    assert all(min(s.image.shape[:2]) >= 96 and max(s.image.shape[:2]) <= 340 for s in native)
+
+
+def test_objects_overlap_but_stay_visible() -> None:
+    """Occlusion happens, yet every listed object keeps most of its footprint in view."""
+    overlapping = 0
+    for scene in generate_split("validation", 150):
+        visible = Counter(scene.labels.ravel().tolist())
+        for colour, shape in scene.objects:
+            cls = 1 + OBJECT_TYPES.index((colour, shape))
+            assert visible[cls] >= 10, (scene.seed, colour, shape)
+        boxes = scene.boxes
+        overlapping += any(
+            (a[0] - b[0]) ** 2 + (a[1] - b[1]) ** 2 < (a[2] + b[2]) ** 2
+            for a, b in itertools.combinations(boxes, 2)
+        )
+    assert overlapping >= 10
 
 
 def test_items_carry_their_scene() -> None:
@@ -168,3 +210,26 @@ def test_describe_text_is_canonical() -> None:
     assert describe_text([]) == "nothing"
     three = describe_text([("purple", "cross"), ("red", "square"), ("red", "circle")])
     assert three == "a red circle , a red square and a purple cross"
+
+
+def test_contrast_items_are_near_misses_balanced_by_yes() -> None:
+    scenes = generate_split("train", 80)
+    items = contrast_items(scenes)
+    assert items and Counter(it.answer for it in items) == {
+        "yes": len(items) // 2,
+        "no": len(items) // 2,
+    }
+    kinds = Counter()
+    for it in items:
+        words = it.prompt.lower().rstrip("?").split()
+        asked = (words[3], words[4])  # "is there a <colour> <shape> in the image"
+        present = set(it.objects)
+        assert (asked in present) == (it.answer == "yes"), it.prompt
+        if it.answer == "no":
+            same_colour = any(asked[0] == o[0] for o in present)
+            same_shape = any(asked[1] == o[1] for o in present)
+            assert same_colour or same_shape, (it.prompt, present)
+            kinds[(same_colour, same_shape)] += 1
+    # both kinds of near miss occur (a colour seen with another shape, a shape in another colour)
+    assert any(c for c, _ in kinds) and any(s for _, s in kinds)
+    assert contrast_items(scenes) == items  # deterministic per scene
