@@ -137,9 +137,15 @@ def derive_text_encoder(vlm: Path, out: Path) -> Path:
     config = json.loads((vlm / "config.json").read_text())["text_config"]
     config["architectures"] = ["LlamaModel"]
     (out / "config.json").write_text(json.dumps(config, indent=2))
-    prefix = "language_model.model."
     weights = load_file(str(vlm / "model.safetensors"))
-    text = {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
+    # transformers 5 saves the language model under model.language_model.*; earlier
+    # checkpoints (and LLaVA's own on the hub) under language_model.model.*
+    for prefix in ("model.language_model.", "language_model.model."):
+        text = {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
+        if text:
+            break
+    else:
+        raise SmokeError(f"{vlm} has no language-model weights to derive a text encoder from")
     save_file(text, str(out / "model.safetensors"), metadata={"format": "pt"})
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy2(vlm / name, out / name)
