@@ -1,11 +1,12 @@
 """Does the defense's noise drown an attack where the image first meets the model?
 
-A vision tower's first layer is linear: a patch embedding (ViTs) or a convolution (ResNets),
-each output channel c at a position is ``<W_c, window>`` over the pixels it reads. Gaussian noise moves it by a zero-mean amount of standard deviation
-``||W_c||_2 * sigma`` (per input channel, in the model's normalised space); an L-inf
-perturbation of size eps can move it by up to ``eps * ||W_c||_1``, about ``0.8 * sqrt(d)``
-times more for a dense filter over d = 3 * k^2 pixels (k the kernel's side). Where an attack's shift is many
-noise deviations wide, every noisy copy still carries it, and the vote has nothing to undo.
+A vision tower's first layer is linear: a patch embedding (ViTs) or a convolution (ResNets);
+each output channel c at a position is ``<W_c, window>`` over the pixels it reads. Gaussian
+noise moves it by a zero-mean amount of standard deviation ``||W_c||_2 * sigma`` (per input
+channel, in the model's normalised space); an L-inf perturbation of size eps can move it by up
+to ``eps * ||W_c||_1``, about ``0.8 * sqrt(d)`` times more for a dense filter over
+d = 3 * k^2 pixels (k the kernel's side). Where an attack's shift is many noise deviations
+wide, every noisy copy still carries it, and the vote has nothing to undo.
 
 This script measures that ratio on the adversarial images an evaluation run saved, for the
 noise settings given, so that an operator can see why SmoothGuard does or does not help on a

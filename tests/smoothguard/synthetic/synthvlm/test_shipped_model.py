@@ -108,9 +108,7 @@ def test_accuracy_agrees_with_the_model_card(model: VisionLanguageModel, split: 
     assert card["pope_accuracy"] >= 0.85 and card["describe_f1"] >= 0.8  # no regression
 
 
-@pytest.mark.parametrize(
-    "size", [(128, 128), pytest.param((150, 200), marks=below_issue_18_bars)]
-)
+@pytest.mark.parametrize("size", [(128, 128), pytest.param((150, 200), marks=below_issue_18_bars)])
 def test_a_hand_drawn_image_at_another_resolution(
     model: VisionLanguageModel, size: tuple[int, int]
 ) -> None:
