@@ -47,7 +47,10 @@ CLOSED = ["defense.failure_mode=closed", "steps.generate_fanout=requests"]
 BATCH = ["defense.failure_mode=open", "steps.generate_fanout=batch"]
 STRICT = {"sigma": "0.04", "sigma_max": "0.045"}  # mllm_strict's bound (see the module doc)
 NUM_SAMPLES, SIGMA, MAX_NEW_TOKENS = 8, 0.5, 8
-SCENE = generate_split("test", 1)[0]
+# A scene with few pixels near the normalised range's edge (test scene 15, a red circle on a
+# plain background), so that about a third of its noisy copies at sigma 0.5 pass mllm_strict's
+# bound; on a scene with many bright pixels every noisy copy is refused.
+SCENE = generate_split("test", 1, seed_offset=15)[0]
 PROMPT = b"Describe the image."
 
 
