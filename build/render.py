@@ -150,11 +150,20 @@ def _gpu_values(profile: dict[str, Any], defense: DefenseSettings) -> dict[str, 
         "mllm_max_multimodal_len": batch * visual,
         "mllm_max_input_len": max_input_len,
         "mllm_max_seq_len": max_input_len + int(mllm["max_output_len"]),
-        "mllm_image_size": mllm.get("image_size", 0),
         "engines_dir": profile["engines_dir"],
         "defense_instance_kind": _instance_kind(profile, "device"),
         "model_instance_kind": _instance_kind(profile, "model_device"),
     }
+
+
+TORCH_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _torch_dtype(name: Any) -> str:
+    """mllm.dtype, checked here so a typo fails the render, not the model load."""
+    if name not in TORCH_DTYPES:
+        raise RenderError(f"mllm.dtype must be one of {TORCH_DTYPES}, got {name!r}")
+    return str(name)
 
 
 def _instance_kind(profile: dict[str, Any], key: str) -> str:
@@ -189,6 +198,8 @@ def substitutions(profile: dict[str, Any]) -> dict[str, str]:
         "device": profile["device"],
         "defense_parameters": parameters_block(defense.to_parameters()),
         "mllm_path": _resolve_path(mllm["model_path"]),
+        "mllm_image_size": int(mllm.get("image_size", 0) or 0),
+        "mllm_dtype": _torch_dtype(mllm.get("dtype", "float32")),
         "mllm_max_batch_size": mllm["max_batch_size"],
         "mllm_instances": mllm["instances"],
         "mllm_max_queue_delay_us": mllm["max_queue_delay_us"],

@@ -79,6 +79,23 @@ def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
 
 
 @pytest.fixture(scope="session")
+def family_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """A tiny random checkpoint of a paper family (llava15, qwen2_5_vl), built once a session
+    with build/make_checkpoints.py's code and loaded back from disk like a user's."""
+    from smoothguard.synthetic.families import build_checkpoint
+
+    root = tmp_path_factory.mktemp("checkpoints")
+    built: dict[str, Path] = {}
+
+    def get(family: str) -> Path:
+        if family not in built:
+            built[family] = build_checkpoint(family, root / family)
+        return built[family]
+
+    return get
+
+
+@pytest.fixture(scope="session")
 def server_ports() -> Callable[[], ServerPorts]:
     """Three free ports for a server a test starts itself."""
     return ServerPorts.free

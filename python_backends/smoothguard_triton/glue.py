@@ -38,6 +38,11 @@ def model_parameters(args: dict[str, Any]) -> dict[str, str]:
     return params
 
 
+def image_size_parameter(params: dict[str, str]) -> int | None:
+    """mllm.image_size: the square resolution for checkpoints without one (0/absent: none)."""
+    return int(params.get("image_size", "0") or 0) or None
+
+
 def limit_threads(params: dict[str, str]) -> None:
     """Size this stub's thread pools for a host shared by many model processes.
 

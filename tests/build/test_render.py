@@ -96,6 +96,7 @@ def test_unfilled_placeholder_is_an_error() -> None:
         ("nosection.x=1", "no section"),
         ("steps.response_cache=maybe", "response_cache must be true or false"),
         ("defense.num_samples", "KEY=VALUE"),
+        ("mllm.dtype=fp8", "mllm.dtype must be one of"),
     ],
 )
 def test_bad_overrides_are_errors(tmp_path: Path, override: str, message: str) -> None:
@@ -127,6 +128,22 @@ def test_aggregate_reads_the_mllm_processor_for_the_certified_radius(tmp_path: P
     config = (out / "aggregate" / "config.pbtxt").read_text()
     assert 'key: "mllm_path" value: { string_value: "mllm_path" }' in config  # no host path
     assert (out / "aggregate" / "mllm_path" / "processor_config.json").is_file()
+
+
+def test_the_mllm_resolution_and_dtype_reach_every_step_that_reads_pixels(tmp_path: Path) -> None:
+    """mllm.image_size (for checkpoints without a resolution of their own) must be the same in
+    the noise step (which draws at it), generate (which checks it) and mllm (which loads with
+    it); mllm.dtype only where the weights are loaded."""
+    out = render("cpu", tmp_path / "repo", ["mllm.image_size=448", "mllm.dtype=bfloat16"])
+    for name in ("noise", "generate", "mllm"):
+        config = parse_model_config((out / name / "config.pbtxt").read_text(), out)
+        assert config.parameters["image_size"].string_value == "448", name
+    mllm = parse_model_config((out / "mllm" / "config.pbtxt").read_text(), out)
+    assert mllm.parameters["dtype"].string_value == "bfloat16"
+    default = render("cpu", tmp_path / "default", ["overlays=[]"])
+    mllm = parse_model_config((default / "mllm" / "config.pbtxt").read_text(), default)
+    assert mllm.parameters["image_size"].string_value == "0"
+    assert mllm.parameters["dtype"].string_value == "float32"
 
 
 def test_unknown_profile(tmp_path: Path) -> None:

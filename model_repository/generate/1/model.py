@@ -21,6 +21,7 @@ from smoothguard.core.validation import check_finite_bounded, check_pixel_values
 from smoothguard_triton.glue import (
     bytes_tensor,
     error_response,
+    image_size_parameter,
     limit_threads,
     model_parameters,
     request_prompt,
@@ -143,9 +144,9 @@ class TritonPythonModel:
 
 def _pixel_check(params, settings):
     """PIXEL_VALUES [N, 3, H, W] at the MLLM's resolution and inside its normalised range,
-    read from the checkpoint's processor config (the noise step's source of truth too). A
-    processor without a fixed resolution leaves H and W to the MLLM's own check."""
-    spec = read_image_input_spec(params["mllm_path"])
+    read from the checkpoint's processor config (the noise step's source of truth too), or
+    mllm.image_size for a processor without a fixed resolution."""
+    spec = read_image_input_spec(params["mllm_path"], image_size_parameter(params))
     bound = noise_value_bound(
         spec.mean, spec.std, sigma_max=settings.sigma_max, unit=settings.noise_unit
     )

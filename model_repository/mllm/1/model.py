@@ -16,6 +16,7 @@ from smoothguard.core.validation import check_image_array, check_pixel_values, d
 from smoothguard_triton.glue import (
     bytes_tensor,
     error_response,
+    image_size_parameter,
     limit_threads,
     model_parameters,
     optional_input,
@@ -34,7 +35,7 @@ class TritonPythonModel:
         if modality not in MODALITIES:
             raise ValueError(f"modality must be one of {sorted(MODALITIES)}, got {modality!r}")
         load, self._rows = MODALITIES[modality]
-        self.model = load(params["model_path"], device=device)
+        self.model = load(params["model_path"], device=device, params=params)
 
     def execute(self, requests):
         responses = [None] * len(requests)
@@ -135,7 +136,18 @@ def _audio_rows(model, request, settings):
     return np.stack(clips)
 
 
-def _load_audio_model(path, device):
+def _load_image_model(path, device, params):
+    import torch
+
+    return VisionLanguageModel.load(
+        path,
+        device=device,
+        dtype=getattr(torch, params.get("dtype", "float32")),
+        image_size=image_size_parameter(params),
+    )
+
+
+def _load_audio_model(path, device, params):
     from smoothguard.synthetic.synthalm.model import AudioLanguageModel
 
     return AudioLanguageModel.load(path, device=device)
@@ -143,6 +155,6 @@ def _load_audio_model(path, device):
 
 # modality -> (load the model, read a request's rows as the model's input values)
 MODALITIES = {
-    "image": (VisionLanguageModel.load, _image_rows),
+    "image": (_load_image_model, _image_rows),
     "audio": (_load_audio_model, _audio_rows),
 }

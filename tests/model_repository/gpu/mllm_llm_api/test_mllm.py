@@ -2,35 +2,41 @@
 mllm_llm. A KIND_CPU adapter: each noisy normalised image goes back to 8-bit pixels in host
 memory and becomes one decoupled request to mllm_llm; answers keep the rows' order. The BLS
 calls are answered by the test (the real mllm_llm needs TensorRT-LLM and a GPU); the image
-processor is the shipped models/synthvlm's."""
+processor is a Qwen2.5-VL checkpoint's, built here (smoothguard.synthetic.families)."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 import pytest
 
-from smoothguard.adapters.trtllm import FixedResolutionPreprocessor, denormalize_to_uint8
-
-from ..conftest import SYNTHVLM
+from smoothguard.adapters.preprocess import ImagePreprocessor
+from smoothguard.adapters.trtllm import denormalize_to_uint8
 
 MODEL = "gpu/mllm_llm_api/mllm"
 SIZE = 56  # mllm.image_size, a multiple of 28 (448 in the profile; smaller is quicker here)
 
 
+@pytest.fixture(scope="module")
+def qwen(family_checkpoint: Callable[[str], Path]) -> Path:
+    return family_checkpoint("qwen2_5_vl")
+
+
 @pytest.fixture
-def adapter(load_model: Any, model_args: Any) -> Any:
+def adapter(load_model: Any, model_args: Any, qwen: Path) -> Any:
     model = load_model(MODEL).TritonPythonModel()
-    model.initialize(model_args("llm_api", "mllm", model_path=str(SYNTHVLM), image_size=str(SIZE)))
+    model.initialize(model_args("llm_api", "mllm", model_path=str(qwen), image_size=str(SIZE)))
     return model
 
 
 @pytest.fixture
-def preprocess() -> FixedResolutionPreprocessor:
-    return FixedResolutionPreprocessor.load(SYNTHVLM, SIZE)
+def preprocess(qwen: Path) -> ImagePreprocessor:
+    return ImagePreprocessor.load(qwen, SIZE)
 
 
 class LLM:
@@ -63,13 +69,13 @@ def run(model: Any, *requests: Any) -> list[Any]:
     return asyncio.run(model.execute(list(requests)))
 
 
-def normalised(count: int, preprocess: FixedResolutionPreprocessor) -> np.ndarray:
+def normalised(count: int, preprocess: ImagePreprocessor) -> np.ndarray:
     images = np.random.default_rng(0).integers(0, 256, (count, SIZE, SIZE, 3), dtype=np.uint8)
     return preprocess(list(images))
 
 
 def test_each_image_is_one_decoupled_request_with_8_bit_pixels(
-    adapter: Any, pb_utils: ModuleType, preprocess: FixedResolutionPreprocessor
+    adapter: Any, pb_utils: ModuleType, preprocess: ImagePreprocessor
 ) -> None:
     llm = LLM(pb_utils)
     pb_utils.bls_handler = llm
@@ -98,7 +104,7 @@ def test_each_image_is_one_decoupled_request_with_8_bit_pixels(
 
 
 def test_raw_images_are_resized_to_the_fixed_resolution(
-    adapter: Any, pb_utils: ModuleType, preprocess: FixedResolutionPreprocessor
+    adapter: Any, pb_utils: ModuleType, preprocess: ImagePreprocessor
 ) -> None:
     llm = LLM(pb_utils)
     pb_utils.bls_handler = llm
@@ -114,7 +120,7 @@ def test_raw_images_are_resized_to_the_fixed_resolution(
 
 
 def test_the_llms_error_or_silence_fails_the_request_by_name(
-    adapter: Any, pb_utils: ModuleType, preprocess: FixedResolutionPreprocessor
+    adapter: Any, pb_utils: ModuleType, preprocess: ImagePreprocessor
 ) -> None:
     llm = LLM(pb_utils)
     pb_utils.bls_handler = llm
@@ -143,7 +149,7 @@ def test_the_llms_error_or_silence_fails_the_request_by_name(
 def test_bad_requests_fail_alone_before_any_llm_call(
     adapter: Any,
     pb_utils: ModuleType,
-    preprocess: FixedResolutionPreprocessor,
+    preprocess: ImagePreprocessor,
     inputs: dict[str, Any],
     message: str,
 ) -> None:

@@ -8,9 +8,16 @@ import asyncio
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from smoothguard.adapters.trtllm import FixedResolutionPreprocessor, denormalize_to_uint8
+from smoothguard.adapters.preprocess import ImagePreprocessor
+from smoothguard.adapters.trtllm import denormalize_to_uint8
 from smoothguard.core.settings import DefenseSettings, InvalidRequest
-from smoothguard_triton.glue import bytes_tensor, error_response, limit_threads, model_parameters
+from smoothguard_triton.glue import (
+    bytes_tensor,
+    error_response,
+    image_size_parameter,
+    limit_threads,
+    model_parameters,
+)
 
 
 class TritonPythonModel:
@@ -18,9 +25,7 @@ class TritonPythonModel:
         params = model_parameters(args)
         limit_threads(params)
         self.settings = DefenseSettings.from_parameters(params)
-        self.preprocess = FixedResolutionPreprocessor.load(
-            params["model_path"], int(params["image_size"])
-        )
+        self.preprocess = ImagePreprocessor.load(params["model_path"], image_size_parameter(params))
         self.llm_model = params["llm_model"]
 
     async def execute(self, requests):
