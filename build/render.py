@@ -188,6 +188,35 @@ def check_backends(configs: dict[str, Any], backends: list[str]) -> list[str]:
     return problems
 
 
+DENOISE_OVERLAY = "denoise"
+# The ensemble step that puts the denoiser between noise and generate (smoothguard's template).
+DENOISE_STEP = """
+    {
+      model_name: "denoise"
+      model_version: -1
+      input_map { key: "PIXEL_VALUES" value: "noisy_pixel_values" }
+      input_map { key: "OPTIONS" value: "options" }
+      output_map { key: "PIXEL_VALUES" value: "denoised_pixel_values" }
+    },"""
+
+
+def _denoiser_path(profile: dict[str, Any]) -> str:
+    return str(profile.get("denoiser", {}).get("model_path", "") or "")
+
+
+def _denoiser_values(profile: dict[str, Any]) -> dict[str, Any]:
+    """The ensemble's wiring with or without the denoise step, and the step's settings."""
+    section = profile.get("denoiser", {})
+    path = _denoiser_path(profile)
+    return {
+        "denoise_step": DENOISE_STEP if path else "",
+        "generate_pixel_values": "denoised_pixel_values" if path else "noisy_pixel_values",
+        "denoiser_path": _resolve_path(path) if path else "",
+        "denoiser_instances": section.get("instances", 1),
+        "denoiser_threads": section.get("threads", 1),
+    }
+
+
 def substitutions(profile: dict[str, Any]) -> dict[str, str]:
     defense = DefenseSettings.from_profile(profile["defense"])
     mllm, embedder, steps = profile["mllm"], profile["embedder"], profile["steps"]
@@ -219,6 +248,7 @@ def substitutions(profile: dict[str, Any]) -> dict[str, str]:
         if _flag(steps, "response_cache") and defense.allow_seed
         else "false",
     }
+    values |= _denoiser_values(profile)
     if "audio" in profile:
         values["audio_mllm_path"] = _resolve_path(profile["audio"]["model_path"])
     if values["generate_fanout"] not in ("requests", "batch"):
@@ -262,7 +292,9 @@ def model_sources(profile: dict[str, Any], values: dict[str, str]) -> dict[str, 
     """Model name -> (its template, the folder whose version folders hold its code)."""
     base = {t.parent.name: t for t in sorted(TEMPLATES.glob("*/config.pbtxt.tmpl"))}
     models = {name: (t, t.parent) for name, t in base.items()}
-    for spec in profile.get("overlays", []):
+    # The denoise step is there only where a denoiser is configured (denoised smoothing).
+    extra = [DENOISE_OVERLAY] if _denoiser_path(profile) else []
+    for spec in [*profile.get("overlays", []), *extra]:
         overlay = render_template(str(spec), values, PROFILES)
         folder = (TEMPLATES / overlay).resolve()
         if TEMPLATES.resolve() not in folder.parents or not folder.is_dir():

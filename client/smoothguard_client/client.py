@@ -482,6 +482,15 @@ class _ClientBase:
         kwargs = {"model_name": model, "as_json": True, **self._common()}
         return _Call("get_model_config", kwargs, decode)
 
+    def _steps_call(self) -> _Call:
+        def decode(response: Any) -> list[str]:
+            config = response.get("config", response)
+            steps = config.get("ensemble_scheduling", {}).get("step", [])
+            return [str(step["model_name"]) for step in steps]
+
+        kwargs = {"model_name": self.model, "as_json": True, **self._common()}
+        return _Call("get_model_config", kwargs, decode)
+
     def _health_calls(self) -> dict[str, _Call]:
         common = self._common()
         calls = {
@@ -638,6 +647,12 @@ class SmoothGuardClient(_ClientBase):
         """
         return self._run(self._parameters_call(PIPELINE_MODELS[0]))
 
+    def defense_steps(self) -> list[str]:
+        """The models the defended endpoint chains, in order: noise, generate, embedder,
+        aggregate, with `denoise` after noise where the deployment does denoised smoothing.
+        An admin API in the Kubernetes deployment, as defense_parameters()."""
+        return self._run(self._steps_call())
+
     def health(self) -> dict[str, Any]:
         """live, ready, server_ready, server, version, models {name: ready}.
 
@@ -793,6 +808,10 @@ class AsyncSmoothGuardClient(_ClientBase):
     async def defense_parameters(self) -> dict[str, str]:
         """Same as SmoothGuardClient.defense_parameters."""
         return await self._run(self._parameters_call(PIPELINE_MODELS[0]))
+
+    async def defense_steps(self) -> list[str]:
+        """Same as SmoothGuardClient.defense_steps."""
+        return await self._run(self._steps_call())
 
     async def health(self) -> dict[str, Any]:
         """Same as SmoothGuardClient.health, with the probes sent concurrently."""

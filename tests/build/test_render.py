@@ -146,6 +146,29 @@ def test_the_mllm_resolution_and_dtype_reach_every_step_that_reads_pixels(tmp_pa
     assert mllm.parameters["dtype"].string_value == "float32"
 
 
+def test_a_denoiser_puts_the_denoise_step_between_noise_and_generate(tmp_path: Path) -> None:
+    plain = render("cpu", tmp_path / "plain", ["overlays=[]"])
+    assert not (plain / "denoise").exists()
+    ensemble = parse_model_config((plain / "smoothguard" / "config.pbtxt").read_text(), plain)
+    assert [s.model_name for s in ensemble.ensemble_scheduling.step] == [
+        "noise", "generate", "embedder", "aggregate"
+    ]  # fmt: skip
+    out = render(
+        "cpu", tmp_path / "denoised", ["overlays=[]", "denoiser.model_path=models/denoiser"]
+    )
+    ensemble = parse_model_config((out / "smoothguard" / "config.pbtxt").read_text(), out)
+    steps = {s.model_name: s for s in ensemble.ensemble_scheduling.step}
+    assert list(steps) == ["noise", "denoise", "generate", "embedder", "aggregate"]
+    assert steps["denoise"].input_map["PIXEL_VALUES"] == steps["noise"].output_map["PIXEL_VALUES"]
+    assert (
+        steps["generate"].input_map["PIXEL_VALUES"] == steps["denoise"].output_map["PIXEL_VALUES"]
+    )
+    denoise = parse_model_config((out / "denoise" / "config.pbtxt").read_text(), out)
+    assert denoise.parameters["model_path"].string_value == "model_path"  # no host path
+    assert (out / "denoise" / "model_path" / "config.json").is_file()
+    assert (out / "denoise" / "1" / "model.py").is_file()
+
+
 def test_unknown_profile(tmp_path: Path) -> None:
     with pytest.raises(RenderError, match="unknown profile"):
         render("tpu", tmp_path / "repo")

@@ -53,13 +53,14 @@ def test_ask_with_a_png_file(triton: Any, scene_png: tuple[Any, Path]) -> None:
 def test_defense_parameters_are_the_served_defaults(triton: Any) -> None:
     from smoothguard.core.settings import DefenseSettings
 
-    async def read() -> dict[str, str]:
+    async def read() -> tuple[dict[str, str], list[str]]:
         async with AsyncSmoothGuardClient(triton.grpc_url) as client:
-            return await client.defense_parameters()
+            return await client.defense_parameters(), await client.defense_steps()
 
     with SmoothGuardClient(triton.grpc_url) as client:
-        params = client.defense_parameters()
-    assert params == asyncio.run(read())
+        params, steps = client.defense_parameters(), client.defense_steps()
+    assert (params, steps) == asyncio.run(read())
+    assert steps == ["noise", "generate", "embedder", "aggregate"]  # no denoiser configured
     served = DefenseSettings.from_parameters(params)
     assert served.noise_unit == "normalized" and served.sigma == DefenseSettings().sigma
 

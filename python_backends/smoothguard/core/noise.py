@@ -66,6 +66,15 @@ def normalized_sigma(sigma: float, unit: NoiseUnit, std: Sequence[float]) -> tup
     return tuple(float(sigma) / float(s) for s in std)
 
 
+def pixel_noise_level(sigma: float, unit: NoiseUnit, std: Sequence[float]) -> float:
+    """One pixel-unit noise level for a denoiser's conditioning: the RMS of the per-channel
+    pixel std (sigma itself for "pixel" noise), what a denoiser trained on isotropic pixel
+    noise sees on average."""
+    if unit == "pixel":
+        return float(sigma)
+    return float(np.sqrt(np.mean(np.square(pixel_sigma(sigma, unit, std)))))
+
+
 # How many standard deviations of noise a value may lie outside the normalised image range
 # before it counts as "no image": a Gaussian draw past 10 sigma has probability ~1e-23, so no
 # noisy copy ever gets there, while 1e30 (or anything that overflows when squared) always does.

@@ -23,7 +23,7 @@ from smoothguard.core.certify import (
     pixel_radius_scale,
     predict,
 )
-from smoothguard.core.noise import make_rng, noisy_copies
+from smoothguard.core.noise import make_rng, noisy_copies, pixel_noise_level
 from smoothguard.core.policy import decide
 from smoothguard.core.sampling import Sampling
 from smoothguard.core.settings import DefenseSettings, RequestOptions
@@ -31,6 +31,9 @@ from smoothguard.core.xp import array_module, to_numpy
 
 Generate = Callable[[np.ndarray, str, int], list[str]]
 Embed = Callable[[list[str]], np.ndarray]
+# Noisy copies (normalised [K, 3, H, W]) and the noise level in pixel units -> the copies
+# mapped back toward clean images, same space: denoised smoothing's step before generate.
+Denoise = Callable[[np.ndarray, float], np.ndarray]
 
 _DEFAULT_SETTINGS = DefenseSettings()
 
@@ -46,9 +49,11 @@ class SmoothGuard:
         image_mean: Sequence[float],
         image_std: Sequence[float],
         settings: DefenseSettings = _DEFAULT_SETTINGS,
+        denoise: Denoise | None = None,
     ) -> None:
         self.generate = generate
         self.embed = embed
+        self.denoise = denoise
         self.image_mean = tuple(float(v) for v in image_mean)
         self.image_std = tuple(float(v) for v in image_std)
         self.settings = settings
@@ -145,10 +150,11 @@ class SmoothGuard:
         return texts
 
     def noisy_copies(self, pixel_values: np.ndarray, options: RequestOptions) -> np.ndarray:
-        """The N inputs, copy 0 untouched; other modalities override this step alone."""
+        """The N inputs, copy 0 untouched (and, with a denoiser, the others denoised); other
+        modalities override this step alone."""
         if pixel_values.ndim != 3:
             raise ValueError(f"pixel_values must be [3, H, W], got shape {pixel_values.shape}")
-        return noisy_copies(
+        copies = noisy_copies(
             pixel_values,
             num_samples=options.num_samples,
             sigma=options.sigma,
@@ -158,6 +164,10 @@ class SmoothGuard:
             std=self.image_std,
             rng=make_rng(array_module(pixel_values), options.seed),
         )
+        if self.denoise is not None and len(copies) > 1:
+            level = pixel_noise_level(options.sigma, self.settings.noise_unit, self.image_std)
+            copies[1:] = self.denoise(copies[1:], level)
+        return copies
 
     def _generate(self, copies: np.ndarray, prompt: str, max_new_tokens: int) -> list[str]:
         texts = [str(t) for t in self.generate(copies, prompt, max_new_tokens)]

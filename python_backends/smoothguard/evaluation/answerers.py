@@ -51,6 +51,7 @@ class InProcessAnswerer:
         settings: DefenseSettings,
         max_new_tokens: int,
         batch_size: int = 64,
+        denoise: Any | None = None,
     ) -> None:
         from smoothguard.core.pipeline import SmoothGuard
 
@@ -62,6 +63,7 @@ class InProcessAnswerer:
             image_mean=model.image_mean,
             image_std=model.image_std,
             settings=settings,
+            denoise=denoise,
         )
 
     def with_guard(self, guard: Any) -> InProcessAnswerer:

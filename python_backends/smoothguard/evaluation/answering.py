@@ -26,7 +26,17 @@ def in_process_answerer(config: EvalConfig, model: Any) -> InProcessAnswerer:
         settings,
         config.max_new_tokens,
         config.batch_size,
+        denoise=copy_denoiser(config, model),
     )
+
+
+def copy_denoiser(config: Any, model: Any) -> Any | None:
+    """The configured denoiser in the model's normalised space (None without one)."""
+    if getattr(config, "denoiser", None) is None:
+        return None
+    from smoothguard.adapters.denoise_copies import CopyDenoiser
+
+    return CopyDenoiser.load(config.denoiser, model.image_mean, model.image_std)
 
 
 class ServedMismatch(ValueError):
@@ -67,6 +77,8 @@ def served_answerer(
     if params.get("allow_seed", "true").lower() == "false":
         answerer.seeded = False
         log("the server refuses seeds (allow_seed false): defended answers are drawn unseeded")
+    if modality == "image":
+        _check_denoise_step(config, answerer, log)
     served_unit = params.get(key)
     if served_unit and served_unit != expected:
         hint = f"pass --noise-unit {served_unit} or " if modality == "image" else ""
@@ -75,6 +87,28 @@ def served_answerer(
             f"this evaluation in {expected}; {hint}serve with defense.{key} {expected}"
         )
     return answerer
+
+
+def _check_denoise_step(config: Any, answerer: ServedAnswerer, log: Callable[[str], None]) -> None:
+    """A denoiser in the evaluation means a denoise step on the server, and none means none:
+    otherwise the EOT attacks would target another defense than the one answering."""
+    from smoothguard_client import SmoothGuardError
+
+    try:
+        served = "denoise" in answerer.client.defense_steps()
+    except SmoothGuardError as exc:
+        log(f"could not read the server's steps ({exc.status}); taking its denoiser on trust")
+        return
+    wanted = getattr(config, "denoiser", None) is not None
+    if served != wanted:
+        raise ServedMismatch(
+            f"the server at {config.served} "
+            + (
+                "has a denoise step; pass --denoiser with its checkpoint"
+                if served
+                else "has no denoise step; serve with denoiser.model_path set"
+            )
+        )
 
 
 def collect_answers(

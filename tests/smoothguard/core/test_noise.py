@@ -325,3 +325,11 @@ def test_gaussian_copies_reject_no_copies() -> None:
     with pytest.raises(ValueError, match="num_samples must be >= 1"):
         gaussian_copies(np.zeros(3, np.float32), num_samples=0, std=1.0, rng=make_rng(np, 0),
                         item_ndim=1)  # fmt: skip
+
+
+def test_the_denoisers_pixel_level_is_the_rms_of_the_channel_stds() -> None:
+    from smoothguard.core.noise import pixel_noise_level
+
+    assert pixel_noise_level(0.25, "pixel", (0.2, 0.3, 0.4)) == 0.25
+    expected = 0.5 * np.sqrt((0.2**2 + 0.3**2 + 0.4**2) / 3)
+    assert pixel_noise_level(0.5, "normalized", (0.2, 0.3, 0.4)) == pytest.approx(expected)

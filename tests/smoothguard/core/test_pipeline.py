@@ -230,3 +230,39 @@ def test_predict_answers_away_from_the_boundary_and_abstains_at_it() -> None:
     boundary = guard.predict(np.zeros((3, 8, 8), np.float32), "bright?", opts, draws=50,
                              alpha=0.001)  # fmt: skip
     assert boundary.label is None
+
+
+@pytest.mark.parametrize(
+    ("unit", "level"),
+    [("pixel", 0.2), ("normalized", 0.2 * 0.25)],
+)
+def test_a_denoiser_sees_every_noisy_copy_at_the_pixel_level_and_never_the_clean_one(
+    unit: str, level: float
+) -> None:
+    """Denoised smoothing: copies 1..N-1 go through the denoiser at the noise's pixel level
+    (for normalized noise sigma x the RMS of std); copy 0, the clean image, passes untouched
+    and the model sees what the denoiser returned."""
+    calls: list[tuple[np.ndarray, float]] = []
+    seen: dict[str, np.ndarray] = {}
+
+    def denoise(copies: np.ndarray, sigma: float) -> np.ndarray:
+        calls.append((copies.copy(), sigma))
+        return np.full_like(copies, 0.5)
+
+    def spy(images: np.ndarray, prompt: str, max_new_tokens: int) -> list[str]:
+        seen["images"] = images.copy()
+        return ["cat"] * len(images)
+
+    s = DefenseSettings(noise_unit=unit)
+    guard = SmoothGuard(spy, embed, image_mean=MEAN, image_std=STD, settings=s, denoise=denoise)
+    img = image()
+    guard.defend(img, "q", options(s, num_samples=4, sigma=0.2))
+    ((copies, sigma),) = calls
+    assert copies.shape == (3, 3, 8, 8) and sigma == pytest.approx(level)
+    assert not np.array_equal(copies[0], img)  # noisy, as drawn
+    np.testing.assert_array_equal(seen["images"][0], img)
+    assert (seen["images"][1:] == 0.5).all()
+    # certify draws only noisy copies, all of them denoised
+    calls.clear()
+    guard.certify(img, "q", options(s, sigma=0.2), selection_draws=3, estimation_draws=5)
+    assert sum(len(c) for c, _ in calls) == 8
