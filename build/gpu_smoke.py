@@ -184,6 +184,9 @@ def overrides(placement: dict[str, str], embedder: Path) -> list[str]:
         # float32 as the CPU reference the seeded answers are held to (the profile's float16
         # is for the TensorRT-LLM engines)
         "mllm.dtype=float32",
+        # SynthVLM's own resolution (the profile's 336 is LLaVA-1.5's; a fixed-resolution
+        # checkpoint refuses any other)
+        "mllm.image_size=0",
         "mllm.instances=1",
         f"embedder.model_path={embedder}",
         f"device={placement['device']}",

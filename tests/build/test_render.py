@@ -169,6 +169,22 @@ def test_a_denoiser_puts_the_denoise_step_between_noise_and_generate(tmp_path: P
     assert (out / "denoise" / "1" / "model.py").is_file()
 
 
+def test_the_robust_profile_is_the_cpu_profile_with_pixel_noise(tmp_path: Path) -> None:
+    """docs/defense_modes.md's recommendation: only the noise differs from cpu."""
+    robust = render("robust", tmp_path / "robust", ["overlays=[]"])
+    cpu = render("cpu", tmp_path / "cpu", ["overlays=[]"])
+    noise = {
+        name: parse_model_config((repo / "noise" / "config.pbtxt").read_text(), repo).parameters
+        for name, repo in (("robust", robust), ("cpu", cpu))
+    }
+    assert (noise["robust"]["noise_unit"].string_value, noise["robust"]["sigma"].string_value) == (
+        "pixel",
+        "0.5",
+    )
+    differ = {k for k in noise["cpu"] if noise["cpu"][k] != noise["robust"][k]}
+    assert differ == {"noise_unit", "sigma"}
+
+
 def test_unknown_profile(tmp_path: Path) -> None:
     with pytest.raises(RenderError, match="unknown profile"):
         render("tpu", tmp_path / "repo")

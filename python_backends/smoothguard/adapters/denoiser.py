@@ -26,7 +26,7 @@ WEIGHTS = "model.safetensors"
 
 
 def _build_unet(config: dict[str, Any]) -> tuple[torch.nn.Module, int]:
-    from smoothguard.synthetic.denoiser.model import UNet, UNetConfig
+    from smoothguard.adapters.denoiser_unet import UNet, UNetConfig
 
     arch = UNetConfig.from_dict(
         {**config.get("architecture", {}), "sigma_max": config["sigma_max"]}

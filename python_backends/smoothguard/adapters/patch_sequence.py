@@ -16,10 +16,12 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch only where pixels go to the model: the noise step never imports it
+    import torch
 
 _BICUBIC = 3  # PIL.Image.Resampling.BICUBIC, the family's default
 
@@ -182,6 +184,8 @@ class PatchSequenceProcessor:
             if row.count(self.image_token) != 1:
                 raise ValueError(f"each text must hold the image token {self.image_token} once")
             expanded.append(row.replace(self.image_token, self.image_token * self.image_tokens))
+        import torch
+
         encoded = self.tokenizer(expanded, padding=True, return_tensors="np")
         pixels = torch.from_numpy(self.image_processor(images)["pixel_values"])
         return {

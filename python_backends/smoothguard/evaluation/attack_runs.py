@@ -143,7 +143,7 @@ def compute_attack(
             " (L2 attacks return float pixels; see smoothguard.evaluation.certified)"
         )
     folder = config.out / "attacks" / run.name
-    through = config.denoiser if run.spec.eot_samples > 0 else None
+    through = getattr(config, "denoiser", None) if run.spec.eot_samples > 0 else None
     fingerprint = _fingerprint(run, items, config.model_path, through)
     saved = folder / "images.npz"
     if saved.exists():

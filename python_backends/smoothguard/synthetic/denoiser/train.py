@@ -42,8 +42,9 @@ from safetensors.torch import save_file
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from smoothguard.synthetic.denoiser.model import KIND, UNet, UNetConfig, parameter_count
+from smoothguard.adapters.denoiser_unet import KIND, UNet, UNetConfig, parameter_count
 from smoothguard.synthetic.synthpope.scenes import Scene, generate_split
+from smoothguard.synthetic.training import lr_at
 
 LOSSES: tuple[str, ...] = ("mse", "mse+features", "mse+stability")
 # Where the feature term looks: the vision tower's stem (1/4 resolution), its first stage
@@ -209,14 +210,6 @@ def pope_prompts(
 
 
 # -- training --------------------------------------------------------------------------------
-
-
-def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
-    """Linear warm-up, then cosine decay to 5% of the peak."""
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:

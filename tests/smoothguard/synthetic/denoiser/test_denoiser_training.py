@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from smoothguard.synthetic.denoiser.model import UNet, UNetConfig
+from smoothguard.adapters.denoiser_unet import UNet, UNetConfig
 from smoothguard.synthetic.denoiser.train import (
     TrainConfig,
     add_noise,
