@@ -208,10 +208,14 @@ def _denoiser_values(profile: dict[str, Any]) -> dict[str, Any]:
     """The ensemble's wiring with or without the denoise step, and the step's settings."""
     section = profile.get("denoiser", {})
     path = _denoiser_path(profile)
+    resolved = _resolve_path(path) if path else ""
+    if resolved and not (Path(resolved) / "config.json").is_file():
+        # Caught here rather than as a model that fails to load on the serving host.
+        raise RenderError(f"denoiser.model_path {path!r}: no denoiser checkpoint (config.json)")
     return {
         "denoise_step": DENOISE_STEP if path else "",
         "generate_pixel_values": "denoised_pixel_values" if path else "noisy_pixel_values",
-        "denoiser_path": _resolve_path(path) if path else "",
+        "denoiser_path": resolved,
         "denoiser_instances": section.get("instances", 1),
         "denoiser_threads": section.get("threads", 1),
     }

@@ -97,6 +97,7 @@ def test_unfilled_placeholder_is_an_error() -> None:
         ("steps.response_cache=maybe", "response_cache must be true or false"),
         ("defense.num_samples", "KEY=VALUE"),
         ("mllm.dtype=fp8", "mllm.dtype must be one of"),
+        ("denoiser.model_path=models/nope", "no denoiser checkpoint"),
     ],
 )
 def test_bad_overrides_are_errors(tmp_path: Path, override: str, message: str) -> None:
