@@ -4,9 +4,10 @@
     python benchmarks/serving_bench.py --concurrency 1 2 --requests 10 --out var/bench-quick
 
 Starts the real tritonserver with the cpu profile, writes perf_analyzer input files made of
-SynthPOPE test images, measures `mllm` (one model call), `smoothguard` (N model calls) and
+SynthPOPE test images, measures `mllm` (one model call), `smoothguard` (N model calls),
 `smoothguard` with adaptive sampling (request input ADAPTIVE=true: a first round of
-defense.adaptive_initial copies, all N only on disagreement) at each concurrency, and records
+defense.adaptive_initial copies, all N only on disagreement) and the same two as one Python
+model (`smoothguard_bls`, overlay bls) at each concurrency, and records
 for every window the CPU time per request of tritonserver and of each model's stubs. At the
 first concurrency it also times the in-process pipeline on the same inputs, so the serving
 overhead is visible. At the first and the last concurrency the series are measured in
@@ -35,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import perf  # noqa: E402
 
-from render import render  # noqa: E402
+from render import SINGLE_MODEL_OVERLAY, load_profile, render  # noqa: E402
 from smoothguard.serving.server import ServerPorts, TritonServer  # noqa: E402
 
 
@@ -48,12 +49,30 @@ def workload(n_items: int) -> list[tuple[np.ndarray, str]]:
     ]
 
 
-# Series measured side by side: (label, Triton model, adaptive sampling requested).
+# Series measured side by side: (label, Triton model, adaptive sampling requested). The
+# "single model" series are the same endpoint as one Python model (overlay bls).
 SERIES: tuple[tuple[str, str, bool], ...] = (
     ("mllm", "mllm", False),
     ("smoothguard", "smoothguard", False),
     ("smoothguard adaptive", "smoothguard", True),
+    ("single model", "smoothguard_bls", False),
+    ("single model adaptive", "smoothguard_bls", True),
 )
+# Defended series -> the in-process timing they are set against.
+DEFENDED = {
+    "smoothguard": "defended",
+    "smoothguard adaptive": "adaptive",
+    "single model": "defended",
+    "single model adaptive": "adaptive",
+}
+# Single-model series -> the ensemble series it is compared with.
+SINGLE_VS_ENSEMBLE = {
+    "single model": "smoothguard",
+    "single model adaptive": "smoothguard adaptive",
+}
+# What a defended request costs besides its mllm rows (the project's own share) is the CPU
+# of every process but the mllm stubs.
+MODEL_PROCESS = "mllm"
 
 
 def perf_input_file(
@@ -71,7 +90,7 @@ def perf_input_file(
             "PROMPT": [prompt],
             "MAX_NEW_TOKENS": [max_new_tokens],
         }
-        if model == "smoothguard":
+        if model != "mllm":
             row["NUM_SAMPLES"] = [num_samples]
             row["ADAPTIVE"] = [adaptive]
         rows.append(row)
@@ -260,8 +279,18 @@ def markdown(results: dict[str, Any]) -> str:
             f"- served p50 at concurrency 1 {s['served_p50_c1_ms']:.0f} ms vs in-process "
             f"{s['in_process_p50_ms']:.0f} ms: serving overhead **{s['serving_overhead']:.2f}x** "
             f"({_spread(s, 'serving_overhead')})",
-            "",
+            f"- the project's own share of a request's CPU at concurrency "
+            f"{s['saturation_concurrency']} (everything but the mllm rows): "
+            f"**{100 * s['own_share']:.0f}%**",
         ]
+        if "vs_ensemble_p50_c1" in s:
+            lines += [
+                f"- vs the ensemble, same rounds: p50 at concurrency 1 "
+                f"**{s['vs_ensemble_p50_c1']:.2f}x** ({_spread(s, 'vs_ensemble_p50_c1')}), "
+                f"throughput at concurrency {s['saturation_concurrency']} "
+                f"**{s['vs_ensemble_throughput']:.2f}x** ({_spread(s, 'vs_ensemble_throughput')})",
+            ]
+        lines.append("")
     top = {label: rows[-1] for label, rows in results["perf"].items()}
     c = next(iter(top.values()))["concurrency"]
     labels = list(top)
@@ -294,7 +323,8 @@ def accounting_checks(results: dict[str, Any]) -> dict[str, bool]:
     them), and a defended one costs the model more than a bare request does."""
     bare = results["perf"]["mllm"][0]["cpu_ms_per_request"]
     defended = results["perf"]["smoothguard"][0]["cpu_ms_per_request"]
-    idle = max(bare.get(step, 0.0) for step in ("noise", "generate", "embedder", "aggregate"))
+    steps = ("noise", "generate", "embedder", "aggregate", "smoothguard_bls")
+    idle = max(bare.get(step, 0.0) for step in steps)
     return {
         "idle defense steps under a tenth of the bare model's CPU": idle < bare["mllm"] / 10,
         "defended model CPU above the bare model's": defended["mllm"] > bare["mllm"],
@@ -329,7 +359,9 @@ def summary(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
     rounds = results["rounds"]
     saturation = results["saturation"]["rounds"]
     out: dict[str, dict[str, Any]] = {}
-    for label, key in (("smoothguard", "defended"), ("smoothguard adaptive", "adaptive")):
+    for label, key in DEFENDED.items():
+        if label not in rounds[0]["served_p50_ms"]:
+            continue
         served = [r["served_p50_ms"][label] for r in rounds]
         in_process = [r[f"{key}_p50_ms"] for r in rounds]
         latency = [s / r["served_p50_ms"]["mllm"] for s, r in zip(served, rounds, strict=True)]
@@ -347,8 +379,27 @@ def summary(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
             "serving_overhead_range": [min(overhead), max(overhead)],
             "rounds": len(rounds),
             "model_calls": float(np.mean([r["model_calls"] for r in results["perf"][label]])),
+            "own_share": own_share(results["perf"][label][-1]["cpu_ms_per_request"]),
         }
+        ensemble = SINGLE_VS_ENSEMBLE.get(label)
+        if ensemble is not None and ensemble in rounds[0]["served_p50_ms"]:
+            # Paired: each round's single-model figure over the ensemble's of the same round.
+            p50 = [r["served_p50_ms"][label] / r["served_p50_ms"][ensemble] for r in rounds]
+            rps = [r["throughput_rps"][label] / r["throughput_rps"][ensemble] for r in saturation]
+            out[label] |= {
+                "vs_ensemble_p50_c1": float(np.median(p50)),
+                "vs_ensemble_p50_c1_range": [min(p50), max(p50)],
+                "vs_ensemble_throughput": float(np.median(rps)),
+                "vs_ensemble_throughput_range": [min(rps), max(rps)],
+            }
     return out
+
+
+def own_share(cpu_ms: dict[str, float]) -> float:
+    """The share of a request's CPU that is not the mllm stubs' (the rows themselves):
+    tritonserver, noise, generate, embedder, aggregate or the single model."""
+    total = sum(cpu_ms.values())
+    return (total - cpu_ms.get(MODEL_PROCESS, 0.0)) / total if total > 0 else 0.0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -374,7 +425,10 @@ def main(argv: list[str] | None = None) -> int:
     out: Path = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     items = workload(args.items)
-    repo = render("cpu", out / "repo", args.overrides)
+    # The single-model endpoint beside the ensemble, so that both are measured in one run.
+    overlays = load_profile("cpu", args.overrides).get("overlays", [])
+    single = f"overlays={json.dumps([*overlays, SINGLE_MODEL_OVERLAY])}"
+    repo = render("cpu", out / "repo", [*args.overrides, single])
     ports = ServerPorts.free()
     results: dict[str, Any] = {
         "machine": f"{platform.machine()} {__import__('os').cpu_count()} cores, CPU only",

@@ -189,6 +189,8 @@ def check_backends(configs: dict[str, Any], backends: list[str]) -> list[str]:
 
 
 DENOISE_OVERLAY = "denoise"
+# The defended image endpoint as one Python model (smoothguard_bls), for benchmarks.
+SINGLE_MODEL_OVERLAY = "bls"
 # The ensemble step that puts the denoiser between noise and generate (smoothguard's template).
 DENOISE_STEP = """
     {
@@ -253,6 +255,17 @@ def substitutions(profile: dict[str, Any]) -> dict[str, str]:
         else "false",
     }
     values |= _denoiser_values(profile)
+    # Shipping an adaptive request's first round only saves the noise step most of its draws
+    # and copies on CPU; on GPU the copies stay on the device (DLPack) and cost little, and
+    # a denoise step needs all N in one tensor.
+    values["adaptive_first_round_only"] = str(
+        profile["device"] == "cpu" and not values["denoiser_path"]
+    ).lower()
+    if SINGLE_MODEL_OVERLAY in profile.get("overlays", []) and values["denoiser_path"]:
+        raise RenderError(
+            f"overlay {SINGLE_MODEL_OVERLAY!r} (smoothguard_bls) has no denoise step: serve "
+            "denoised smoothing by the ensemble (drop the overlay or denoiser.model_path)"
+        )
     if "audio" in profile:
         values["audio_mllm_path"] = _resolve_path(profile["audio"]["model_path"])
     if values["generate_fanout"] not in ("requests", "batch"):

@@ -170,6 +170,31 @@ def test_a_denoiser_puts_the_denoise_step_between_noise_and_generate(tmp_path: P
     assert (out / "denoise" / "1" / "model.py").is_file()
 
 
+def test_adaptive_first_rounds_are_shipped_on_cpu_without_a_denoiser(tmp_path: Path) -> None:
+    """The noise step and generate must agree: both read the same rendered value."""
+
+    def shipped(out: Path) -> set[str]:
+        values = set()
+        for model in ("noise", "generate"):
+            config = parse_model_config((out / model / "config.pbtxt").read_text(), out)
+            values.add(config.parameters["adaptive_first_round_only"].string_value)
+        return values
+
+    assert shipped(render("cpu", tmp_path / "plain", ["overlays=[]"])) == {"true"}
+    denoised = ["overlays=[]", "denoiser.model_path=models/denoiser"]
+    assert shipped(render("cpu", tmp_path / "denoised", denoised)) == {"false"}
+
+
+def test_the_single_model_overlay_serves_the_endpoint_beside_the_ensemble(tmp_path: Path) -> None:
+    out = render("cpu", tmp_path / "bls", ["overlays=[bls]"])
+    ensemble = parse_model_config((out / "smoothguard" / "config.pbtxt").read_text(), out)
+    single = parse_model_config((out / "smoothguard_bls" / "config.pbtxt").read_text(), out)
+    assert [i.name for i in single.input] == [i.name for i in ensemble.input]
+    assert [o.name for o in single.output] == [o.name for o in ensemble.output]
+    with pytest.raises(RenderError, match="no denoise step"):
+        render("cpu", tmp_path / "x", ["overlays=[bls]", "denoiser.model_path=models/denoiser"])
+
+
 def test_the_robust_profile_is_the_cpu_profile_with_pixel_noise(tmp_path: Path) -> None:
     """docs/defense_modes.md's recommendation: only the noise differs from cpu."""
     robust = render("robust", tmp_path / "robust", ["overlays=[]"])

@@ -1,4 +1,4 @@
-"""`make bench` in miniature: the serving benchmark starts its own server, measures the three
+"""`make bench` in miniature: the serving benchmark starts its own server, measures the five
 series with perf_analyzer and writes every result file, with the model calls counted.
 
 Latency, throughput and CPU time are benchmark figures: on a shared 2-core machine they move
@@ -29,7 +29,13 @@ def test_serving_bench_writes_every_series(
     # The benchmark's own bars decide its exit status; they are results, not CI bars.
     assert len(results["checks"]) == 2
     assert code == (0 if all(results["checks"].values()) else 1)
-    assert list(results["perf"]) == ["mllm", "smoothguard", "smoothguard adaptive"]
+    assert list(results["perf"]) == [
+        "mllm",
+        "smoothguard",
+        "smoothguard adaptive",
+        "single model",
+        "single model adaptive",
+    ]
     for rows in results["perf"].values():
         (row,) = rows
         assert row["throughput_rps"] > 0 and 0 < row["p50_ms"] <= row["p99_ms"]
@@ -38,6 +44,23 @@ def test_serving_bench_writes_every_series(
     # round (4) and all 10 only on disagreement.
     assert full["model_calls"] == pytest.approx(10.0)
     assert 4.0 <= adaptive["model_calls"] <= 10.0
+    single = results["summary"]["single model"]
+    assert single["model_calls"] == pytest.approx(10.0)
+    assert 4.0 <= results["summary"]["single model adaptive"]["model_calls"] <= 10.0
+    # The single model against the ensemble, round by round.
+    p50 = [
+        r["served_p50_ms"]["single model"] / r["served_p50_ms"]["smoothguard"]
+        for r in results["rounds"]
+    ]
+    assert single["vs_ensemble_p50_c1"] == pytest.approx(sum(p50) / 2)
+    assert single["vs_ensemble_throughput"] > 0
+    # The project's own share: every process but the mllm stubs, from the CPU table.
+    cpu = results["perf"]["smoothguard"][-1]["cpu_ms_per_request"]
+    expected = 1 - cpu["mllm"] / sum(cpu.values())
+    assert full["own_share"] == pytest.approx(expected) and 0 < full["own_share"] < 1
+    single_cpu = results["perf"]["single model"][0]["cpu_ms_per_request"]
+    assert {"smoothguard_bls", "mllm", "embedder"} <= set(single_cpu)
+    assert single_cpu.get("noise", 0.0) < single_cpu["smoothguard_bls"]
     # The c=1 ratios: the median of the paired rounds (of two, their mean), the spread beside.
     rounds = results["rounds"]
     assert len(rounds) == 2 and all(r["adaptive_p50_ms"] > 0 for r in rounds)
@@ -67,4 +90,5 @@ def test_serving_bench_writes_every_series(
     assert "smoothguard adaptive" in markdown and "serving overhead" in markdown
     assert "median of 2 paired rounds" in markdown and "saturation (concurrency 1)" in markdown
     assert "CPU time per request at concurrency 1" in markdown
+    assert "own share" in markdown and "vs the ensemble" in markdown
     assert (tmp_path / "latency_vs_throughput.png").stat().st_size > 10_000

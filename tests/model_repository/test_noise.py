@@ -169,3 +169,31 @@ def test_certify_refusals_name_the_input(
     assert response.has_error()
     assert response.error().code() == pb_utils.TritonError.INVALID_ARG
     assert message in response.error().message(), response.error().message()
+
+
+@pytest.mark.parametrize("first_round_only", [False, True])
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_an_adaptive_request_ships_its_first_round_where_configured(
+    load_model: Any, pb_utils: ModuleType, adaptive: bool, first_round_only: bool
+) -> None:
+    """The rest (when the first round disagrees) is generate's to draw; every other request,
+    and every request where the profile ships all (GPU, a denoise step), gets all N rows."""
+    model = load_model("noise").TritonPythonModel()
+    params = {
+        "mllm_path": str(REPO_ROOT / "models" / "synthvlm"),
+        "device": "cpu",
+        "adaptive_first_round_only": str(first_round_only).lower(),
+    }
+    model.initialize(pb_utils.model_args(DefenseSettings().to_parameters() | params))
+    response = run(
+        model,
+        pb_utils,
+        IMAGE=np.zeros((32, 32, 3), np.uint8),
+        PROMPT=PROMPT,
+        NUM_SAMPLES=np.array([10], np.int32),
+        ADAPTIVE=np.array([adaptive]),
+    )
+    assert not response.has_error(), response.error().message()
+    rows = 4 if adaptive and first_round_only else 10
+    assert response.output("PIXEL_VALUES").shape == (rows, 3, 64, 64)
+    assert json.loads(response.output("OPTIONS")[0])["num_samples"] == 10

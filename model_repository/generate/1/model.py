@@ -1,23 +1,21 @@
 """Triton adapter for step 2 of smoothguard: the noisy copies sent to the MLLM by BLS, so its
 batcher groups them with other users' requests; with adaptive sampling a first round of a few
-copies, and the rest only when they disagree.
-
-Fan-out `requests` sends one request per copy (what TensorRT-LLM's in-flight batching needs:
-one prompt table per request). Fan-out `batch` sends the copies as rows of one request (up to
-the MLLM's max_batch_size each): Triton's dynamic batcher on CPU then runs them as one batch
-for certain instead of in the few groups that N separate arrivals fall into."""
+copies, and the rest only when they disagree (smoothguard_triton.fanout makes the calls)."""
 
 import asyncio
+import functools
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from smoothguard.adapters.preprocess import read_image_input_spec
+from smoothguard.core.adaptive import first_round
 from smoothguard.core.audio import AudioPreprocessor, audio_value_bound
-from smoothguard.core.noise import noise_value_bound
-from smoothguard.core.sampling import Failed, Sampling, SamplingError
+from smoothguard.core.noise import CopyStream, make_rng, noise_value_bound
+from smoothguard.core.sampling import Sampling, SamplingError
 from smoothguard.core.settings import DefenseSettings, InvalidRequest
 from smoothguard.core.validation import check_finite_bounded, check_pixel_values
+from smoothguard_triton.fanout import MllmFanout
 from smoothguard_triton.glue import (
     bytes_tensor,
     error_response,
@@ -35,7 +33,6 @@ class TritonPythonModel:
     def initialize(self, args):
         params = model_parameters(args)
         limit_threads(params)
-        self.mllm = params["mllm_model"]
         # The copies' tensor name, the same here and at the MLLM: PIXEL_VALUES for images,
         # AUDIO for the audio endpoint (generate_audio, same code).
         self.samples_input = params.get("samples_input", "PIXEL_VALUES")
@@ -45,16 +42,15 @@ class TritonPythonModel:
         # OPTIONS bound sigma in the unit of the modality, as the noise step did.
         self.settings = settings.for_audio() if self.samples_input == "AUDIO" else settings
         self._check_samples = SAMPLE_CHECKS[self.samples_input](params, self.settings)
-        # Upper bound on one round of MLLM calls, so a stuck or overloaded MLLM fails the
-        # request with a clear UNAVAILABLE instead of holding it (and this instance) forever.
-        timeout = float(params.get("mllm_timeout_s", "0") or 0)
-        self.timeout_s = timeout if timeout > 0 else None
-        self.fanout = params.get("fanout", "requests")
-        if self.fanout not in ("requests", "batch"):
-            raise ValueError(f"generate fanout must be 'requests' or 'batch', not {self.fanout!r}")
-        self.rows_per_call = (
-            int(params.get("mllm_max_batch_size", "1")) if self.fanout == "batch" else 1
-        )
+        self.fanout = MllmFanout(params)
+        # The noise step ships an adaptive request's first round only; the rest, when the
+        # first round disagrees, is drawn here (images only).
+        self.rest_here = params.get("adaptive_first_round_only", "false") == "true"
+        if self.rest_here and self.samples_input != "PIXEL_VALUES":
+            raise ValueError("adaptive_first_round_only is for image copies (PIXEL_VALUES)")
+        self.initial = self.settings.adaptive_initial
+        if self.rest_here:
+            self.spec = read_image_input_spec(params["mllm_path"], image_size_parameter(params))
 
     async def execute(self, requests):
         return list(await asyncio.gather(*(self._one(r) for r in requests)))
@@ -70,17 +66,23 @@ class TritonPythonModel:
             prompt = required_input(request, "PROMPT").reshape(1, 1)
             samples = required_tensor(request, self.samples_input)
             n = samples.shape()[0]
-            if n != options.num_samples:
+            if n not in self._rows_expected(options):
                 raise InvalidRequest(
                     f"{self.samples_input} has {n} rows but OPTIONS num_samples is "
-                    f"{options.num_samples}: the noise step makes exactly one row per sample"
+                    f"{options.num_samples}: the noise step makes one row per sample"
+                    + (" (an adaptive request's first round only)" if self.rest_here else "")
                 )
             self._check_samples(samples.as_numpy())
             # The rounds (adaptive sampling) and the failure mode are the core's; this step
             # only makes the MLLM calls each round asks for.
             sampling = Sampling.for_request(options, self.settings)
             for indices in sampling:
-                sampling.record(await self._round(samples, indices, prompt, options))
+                rows = (
+                    functools.partial(self._copies, samples)
+                    if indices.stop <= n
+                    else self._rest(samples, n, indices, options)
+                )
+                sampling.record(await self.fanout.ask(rows, indices, prompt, options))
             texts = sampling.answers()
         except SamplingError as exc:
             return pb_utils.InferenceResponse(error=pb_utils.TritonError(exc.message, exc.code))
@@ -88,50 +90,38 @@ class TritonPythonModel:
             return error_response(exc)
         return pb_utils.InferenceResponse([bytes_tensor("CANDIDATES", texts, (len(texts), 1))])
 
-    async def _round(self, samples, indices, prompt, options):
-        """The copies' MLLM calls, all in flight at once; a Failed where a call failed."""
-        indices = list(indices)
-        groups = [
-            indices[lo : lo + self.rows_per_call]
-            for lo in range(0, len(indices), self.rows_per_call)
-        ]
-        calls = [
-            asyncio.ensure_future(
-                pb_utils.InferenceRequest(
-                    model_name=self.mllm,
-                    requested_output_names=["TEXT"],
-                    inputs=[
-                        self._copies(samples, group),
-                        pb_utils.Tensor("PROMPT", np.repeat(prompt, len(group), axis=0)),
-                        pb_utils.Tensor(
-                            "MAX_NEW_TOKENS",
-                            np.full((len(group), 1), options.max_new_tokens, dtype=np.int32),
-                        ),
-                    ],
-                ).async_exec()
+    def _rows_expected(self, options):
+        """All N, or where the noise step ships first rounds, an adaptive request's first."""
+        n = options.num_samples
+        if not self.rest_here:
+            return (n,)
+        return (n, first_round(n, adaptive=options.adaptive, initial=self.initial))
+
+    def _rest(self, samples, shipped, indices, options):
+        """Copies past the first round, drawn here from the clean copy 0 as the noise step
+        would have drawn them (a seeded request replays its first round's draws first, so
+        its copies are the ones a full draw makes)."""
+        stream = CopyStream(
+            samples.as_numpy()[0],
+            num_samples=options.num_samples,
+            sigma=options.sigma,
+            unit=self.settings.noise_unit,
+            clip=self.settings.clip,
+            mean=self.spec.mean,
+            std=self.spec.std,
+            rng=make_rng(np, options.seed),
+        )
+        stream.skip_to(shipped, replay=options.seed is not None)
+        stream.skip_to(indices.start, replay=options.seed is not None)
+        drawn = stream.take(indices)
+        first = indices.start
+
+        def rows(group):
+            return pb_utils.Tensor(
+                self.samples_input, drawn[group[0] - first : group[-1] + 1 - first]
             )
-            for group in groups
-        ]
-        # asyncio.wait, not wait_for: the BLS futures are left to finish on their own (their
-        # answers are dropped), since cancelling them is not supported by the Python backend.
-        if not calls:
-            return []
-        _, pending = await asyncio.wait(calls, timeout=self.timeout_s)
-        if pending:
-            raise SamplingError(
-                f"{len(pending)} of {len(calls)} MLLM calls to {self.mllm!r} gave no answer "
-                f"within {self.timeout_s:g} s (generate mllm_timeout_s)",
-                pb_utils.TritonError.UNAVAILABLE,
-            )
-        texts = []
-        for group, response in zip(groups, [c.result() for c in calls], strict=True):
-            if response.has_error():
-                error = response.error()
-                texts += [Failed(index, error.message(), error.code()) for index in group]
-            else:
-                rows = pb_utils.get_output_tensor_by_name(response, "TEXT").as_numpy()
-                texts += [t.decode("utf-8", errors="replace") for t in rows.reshape(-1)]
-        return texts
+
+        return rows
 
     def _copies(self, samples, group):
         """The group's rows as the MLLM's input. All of them: this step's own input tensor,

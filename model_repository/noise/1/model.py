@@ -5,22 +5,13 @@ device and leave by DLPack, so the N images never pass through host memory; on C
 NumPy, unchanged.
 """
 
-from smoothguard.adapters.preprocess import ImagePreprocessor
+from smoothguard.core.adaptive import first_round
 from smoothguard.core.noise import make_rng, noisy_copies
 from smoothguard.core.settings import DefenseSettings
-from smoothguard.core.validation import image_from_inputs
 from smoothguard.core.xp import get_xp
 from smoothguard_triton.dlpack import output_tensor
-from smoothguard_triton.glue import (
-    bytes_tensor,
-    image_size_parameter,
-    limit_threads,
-    model_parameters,
-    optional_input,
-    request_options,
-    request_prompt,
-    respond_each,
-)
+from smoothguard_triton.glue import bytes_tensor, limit_threads, model_parameters, respond_each
+from smoothguard_triton.intake import image_request, load_preprocessor
 from smoothguard_triton.metrics import EnsembleTickets
 
 
@@ -29,33 +20,28 @@ class TritonPythonModel:
         params = model_parameters(args)
         limit_threads(params)
         self.settings = DefenseSettings.from_parameters(params)
-        self.preprocess = _load_preprocessor(params)
+        self.preprocess = load_preprocessor(params)
         self.xp = get_xp(params.get("device", "auto"))
         # OPTIONS leave this step with a ticket that marks them as the ensemble's own.
         self.tickets = EnsembleTickets()
+        # An adaptive request's first round only; generate draws the rest if it is asked for.
+        self.first_round_only = params.get("adaptive_first_round_only", "false") == "true"
 
     def execute(self, requests):
         return respond_each(requests, self._handle)
 
     def _handle(self, request):
         s = self.settings
-        # PROMPT is optional in the configs only so that a request without one reaches this
-        # line and is refused by name (the ensemble would otherwise wait for it forever).
-        request_prompt(request, s)
-        options = request_options(request, s)
-        image = image_from_inputs(
-            optional_input(request, "IMAGE"),
-            optional_input(request, "IMAGE_BYTES"),
-            max_pixels=s.max_image_pixels,
-            max_bytes=s.max_image_bytes,
-            min_side=s.min_image_side,
-            max_aspect=s.max_image_aspect,
-        )
-        pixel_values = self.xp.asarray(self.preprocess([image])[0])
+        _, options, pixel_values = image_request(request, s, self.preprocess, self.xp)
         # num_samples: the request's N, or for CERTIFY the server's 1 + n0 + n (copy 0 clean).
+        # An adaptive request gets its first round only (where the profile says so): most
+        # stop there, and the copies are drawn in order, so the first k of N are these.
+        rows = options.num_samples
+        if self.first_round_only:
+            rows = first_round(rows, adaptive=options.adaptive, initial=s.adaptive_initial)
         copies = noisy_copies(
             pixel_values,
-            num_samples=options.num_samples,
+            num_samples=rows,
             sigma=options.sigma,
             unit=s.noise_unit,
             clip=s.clip,
@@ -67,9 +53,3 @@ class TritonPythonModel:
             output_tensor("PIXEL_VALUES", copies),
             bytes_tensor("OPTIONS", [self.tickets.issue(options)]),
         ]
-
-
-def _load_preprocessor(params):
-    """The model's own processor; for processors without a fixed resolution (Qwen2.5-VL) a
-    resize to mllm.image_size."""
-    return ImagePreprocessor.load(params["mllm_path"], image_size_parameter(params))

@@ -19,6 +19,7 @@ import numpy as np
 
 @dataclass
 class ImagePreprocessor:
+    # transformers' image processor, or the same arithmetic without it (TableImageProcessor)
     processor: object
     image_size: tuple[int, int]
     mean: tuple[float, float, float]
@@ -29,7 +30,14 @@ class ImagePreprocessor:
         cls, model_path: str | os.PathLike[str], image_size: int | None = None
     ) -> ImagePreprocessor:
         """`image_size` (mllm.image_size) is the square resolution for processors that have
-        none of their own (patch_sequence); for the others it may only restate theirs."""
+        none of their own (patch_sequence); for the others it may only restate theirs.
+        A plain CLIP processor runs as TableImageProcessor (equal tensors, no torch import)."""
+        from smoothguard.adapters.table_preprocess import TableImageProcessor
+
+        table = TableImageProcessor.from_config(model_path)
+        if table is not None:
+            check_image_size(model_path, table.image_size, image_size)
+            return cls(table, table.image_size, table.mean, table.std)
         from transformers import AutoImageProcessor
 
         from smoothguard.adapters.patch_sequence import (
@@ -65,6 +73,10 @@ class ImagePreprocessor:
 
         The layout is stated (channels last), never inferred: left to guess, the processor
         reads a 1xWx3 or 3xWx3 image as channels-first."""
+        from smoothguard.adapters.table_preprocess import TableImageProcessor
+
+        if isinstance(self.processor, TableImageProcessor):
+            return self.processor(images)
         out = self.processor(
             images=list(images), return_tensors="np", input_data_format="channels_last"
         )["pixel_values"]

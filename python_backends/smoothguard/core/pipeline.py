@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import numpy as np
 
@@ -23,7 +24,7 @@ from smoothguard.core.certify import (
     pixel_radius_scale,
     predict,
 )
-from smoothguard.core.noise import make_rng, noisy_copies, pixel_noise_level
+from smoothguard.core.noise import CopyStream, make_rng, pixel_noise_level
 from smoothguard.core.policy import decide
 from smoothguard.core.sampling import Sampling
 from smoothguard.core.settings import DefenseSettings, RequestOptions
@@ -36,6 +37,36 @@ Embed = Callable[[list[str]], np.ndarray]
 Denoise = Callable[[np.ndarray, float], np.ndarray]
 
 _DEFAULT_SETTINGS = DefenseSettings()
+
+
+class Copies(Protocol):
+    """A request's inputs, a round at a time (CopyStream, or another modality's)."""
+
+    def take(self, indices: range) -> np.ndarray: ...
+
+
+class DrawnCopies:
+    """Copies drawn at once, handed out a round at a time (a modality without a stream)."""
+
+    def __init__(self, copies: np.ndarray) -> None:
+        self.copies = copies
+
+    def take(self, indices: range) -> np.ndarray:
+        return self.copies[indices.start : indices.stop]
+
+
+class _Denoised:
+    """A stream whose noisy copies (not copy 0) go through the denoiser as they are drawn."""
+
+    def __init__(self, stream: Copies, denoise: Denoise, level: float) -> None:
+        self.stream, self.denoise, self.level = stream, denoise, level
+
+    def take(self, indices: range) -> np.ndarray:
+        copies = self.stream.take(indices)
+        first = 1 if indices.start == 0 else 0
+        if len(copies) > first:
+            copies[first:] = self.denoise(copies[first:], self.level)
+        return copies
 
 
 class SmoothGuard:
@@ -63,11 +94,13 @@ class SmoothGuard:
     ) -> DefendedAnswer:
         """`pixel_values` is one processor-normalised image ``[3, H, W]``."""
         started = time.perf_counter()
-        copies = self.noisy_copies(pixel_values, options)
-        # The server's rounds and failure mode (generate can only fail as a whole here).
+        copies = self.copy_stream(pixel_values, options)
+        # The server's rounds and failure mode (generate can only fail as a whole here); each
+        # round's copies are drawn when it is asked, so a request adaptive sampling stops
+        # early never draws the rest.
         sampling = Sampling.for_request(options, self.settings)
         for indices in sampling:
-            chunk = copies[indices.start : indices.stop]
+            chunk = copies.take(indices)
             sampling.record(self._generate(chunk, prompt, options.max_new_tokens))
         texts = sampling.answers()
         n = len(texts)
@@ -150,11 +183,15 @@ class SmoothGuard:
         return texts
 
     def noisy_copies(self, pixel_values: np.ndarray, options: RequestOptions) -> np.ndarray:
-        """The N inputs, copy 0 untouched (and, with a denoiser, the others denoised); other
-        modalities override this step alone."""
+        """The N inputs at once (copy_stream's rounds, all of them)."""
+        return self.copy_stream(pixel_values, options).take(range(options.num_samples))
+
+    def copy_stream(self, pixel_values: np.ndarray, options: RequestOptions) -> Copies:
+        """The N inputs a round at a time, copy 0 untouched (and, with a denoiser, the others
+        denoised); other modalities override this step alone."""
         if pixel_values.ndim != 3:
             raise ValueError(f"pixel_values must be [3, H, W], got shape {pixel_values.shape}")
-        copies = noisy_copies(
+        stream = CopyStream(
             pixel_values,
             num_samples=options.num_samples,
             sigma=options.sigma,
@@ -164,10 +201,10 @@ class SmoothGuard:
             std=self.image_std,
             rng=make_rng(array_module(pixel_values), options.seed),
         )
-        if self.denoise is not None and len(copies) > 1:
-            level = pixel_noise_level(options.sigma, self.settings.noise_unit, self.image_std)
-            copies[1:] = self.denoise(copies[1:], level)
-        return copies
+        if self.denoise is None:
+            return stream
+        level = pixel_noise_level(options.sigma, self.settings.noise_unit, self.image_std)
+        return _Denoised(stream, self.denoise, level)
 
     def _generate(self, copies: np.ndarray, prompt: str, max_new_tokens: int) -> list[str]:
         texts = [str(t) for t in self.generate(copies, prompt, max_new_tokens)]

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from smoothguard.core.pipeline import SmoothGuard
+from smoothguard.core.pipeline import DrawnCopies, SmoothGuard
 from smoothguard.core.settings import DefenseSettings, RequestOptions
 from smoothguard.evaluation.answerers import (
     Answer,
@@ -85,20 +85,22 @@ class AudioSmoothGuard(SmoothGuard):
         super().__init__(*args, image_mean=(), image_std=(), **kwargs)
         self.noise_unit = noise_unit
 
-    def noisy_copies(self, pixel_values: np.ndarray, options: RequestOptions) -> np.ndarray:
+    def copy_stream(self, pixel_values: np.ndarray, options: RequestOptions) -> DrawnCopies:
         from smoothguard.core.audio import noisy_copies
         from smoothguard.core.noise import make_rng
         from smoothguard.core.xp import array_module
 
         if pixel_values.ndim != 1:
             raise ValueError(f"waveform must be [T], got shape {pixel_values.shape}")
-        return noisy_copies(
-            pixel_values,
-            num_samples=options.num_samples,
-            sigma=options.sigma,
-            unit=self.noise_unit,  # type: ignore[arg-type]
-            clip=self.settings.clip,
-            rng=make_rng(array_module(pixel_values), options.seed),
+        return DrawnCopies(
+            noisy_copies(
+                pixel_values,
+                num_samples=options.num_samples,
+                sigma=options.sigma,
+                unit=self.noise_unit,  # type: ignore[arg-type]
+                clip=self.settings.clip,
+                rng=make_rng(array_module(pixel_values), options.seed),
+            )
         )
 
 

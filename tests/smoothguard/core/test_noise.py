@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import types
 
 import numpy as np
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 
 from smoothguard.core import audio
 from smoothguard.core.noise import (
+    CopyStream,
     gaussian_copies,
     make_rng,
     noise_value_bound,
@@ -333,3 +335,71 @@ def test_the_denoisers_pixel_level_is_the_rms_of_the_channel_stds() -> None:
     assert pixel_noise_level(0.25, "pixel", (0.2, 0.3, 0.4)) == 0.25
     expected = 0.5 * np.sqrt((0.2**2 + 0.3**2 + 0.4**2) / 3)
     assert pixel_noise_level(0.5, "normalized", (0.2, 0.3, 0.4)) == pytest.approx(expected)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    num_samples=st.integers(1, 12),
+    cuts=st.lists(st.integers(0, 12), max_size=4),
+    seed=st.integers(0, 2**63 - 1),
+    sigma=st.sampled_from([0.0, 0.15, 0.5, 2.0]),
+    unit=st.sampled_from(["normalized", "pixel"]),
+    clip=st.booleans(),
+)
+def test_copy_stream_rounds_are_the_copies_drawn_at_once(
+    num_samples: int, cuts: list[int], seed: int, sigma: float, unit: str, clip: bool
+) -> None:
+    """Drawn round by round (adaptive sampling) or at once (the ensemble's noise step): the
+    same copies, bit for bit, so a seed means one thing on every path."""
+    image = _image((3, 5, 7))
+    kwargs = dict(sigma=sigma, unit=unit, clip=clip, mean=CLIP_MEAN, std=CLIP_STD)
+    whole = noisy_copies(image, num_samples=num_samples, rng=make_rng(np, seed), **kwargs)
+    stream = CopyStream(image, num_samples=num_samples, rng=make_rng(np, seed), **kwargs)
+    bounds = sorted({0, num_samples, *(c for c in cuts if c <= num_samples)})
+    rounds = [stream.take(range(lo, hi)) for lo, hi in itertools.pairwise(bounds)]
+    np.testing.assert_array_equal(np.concatenate(rounds), whole)
+
+
+def test_copy_stream_refuses_rounds_out_of_order() -> None:
+    stream = CopyStream(
+        _image((3, 4, 4)),
+        num_samples=6,
+        sigma=0.1,
+        mean=CLIP_MEAN,
+        std=CLIP_STD,
+        rng=make_rng(np, 1),
+    )
+    with pytest.raises(ValueError, match="next are 0"):
+        stream.take(range(1, 3))
+    stream.take(range(0, 3))
+    with pytest.raises(ValueError, match="next are 3"):
+        stream.take(range(0, 3))
+    with pytest.raises(ValueError, match="next are 3"):
+        stream.take(range(3, 7))
+    assert stream.take(range(3, 6)).shape == (3, 3, 4, 4)
+
+
+@pytest.mark.parametrize("start", [1, 4, 10])
+def test_a_seeded_stream_replayed_past_a_first_round_gives_the_rest(start: int) -> None:
+    """generate's second round after the noise step shipped the first: the same copies."""
+    image = _image((3, 4, 4))
+    kwargs = dict(num_samples=10, sigma=0.3, mean=CLIP_MEAN, std=CLIP_STD)
+    whole = noisy_copies(image, rng=make_rng(np, 5), **kwargs)
+    stream = CopyStream(image, rng=make_rng(np, 5), **kwargs)
+    stream.skip_to(start, replay=True)
+    np.testing.assert_array_equal(stream.take(range(start, 10)), whole[start:])
+
+
+def test_an_unseeded_stream_skips_without_drawing() -> None:
+    stream = CopyStream(
+        _image((3, 4, 4)),
+        num_samples=10,
+        sigma=0.3,
+        mean=CLIP_MEAN,
+        std=CLIP_STD,
+        rng=make_rng(np, None),
+    )
+    stream.skip_to(4, replay=False)
+    assert stream.take(range(4, 10)).shape == (6, 3, 4, 4)
+    with pytest.raises(ValueError, match="cannot skip"):
+        stream.skip_to(2, replay=False)
