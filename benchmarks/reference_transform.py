@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from smoothguard.adapters.mllm import VisionLanguageModel
 from smoothguard.core.noise import noisy_copies
-from smoothguard.core.pipeline import SmoothGuard
+from smoothguard.core.pipeline import Copies, SmoothGuard
 from smoothguard.core.settings import RequestOptions
 from smoothguard.evaluation.answerers import Answer, InProcessAnswerer
 from smoothguard.evaluation.answering import collect_answers, in_process_answerer
@@ -55,8 +55,18 @@ class RoundTripGuard(SmoothGuard):
         super().__init__(*args, **kwargs)
         self.model = model
 
-    def noisy_copies(self, pixel_values: np.ndarray, options: RequestOptions) -> np.ndarray:
-        copies = super().noisy_copies(pixel_values, options)
+    def copy_stream(self, pixel_values: np.ndarray, options: RequestOptions) -> Copies:
+        return _RoundTripped(super().copy_stream(pixel_values, options), self.model)
+
+
+class _RoundTripped:
+    """Each round's copies through the round trip as they are drawn."""
+
+    def __init__(self, stream: Copies, model: VisionLanguageModel) -> None:
+        self.stream, self.model = stream, model
+
+    def take(self, indices: range) -> np.ndarray:
+        copies = self.stream.take(indices)
         return self.model.preprocess(list(reference_round_trip(copies))).numpy()
 
 

@@ -279,10 +279,13 @@ def markdown(results: dict[str, Any]) -> str:
             f"- served p50 at concurrency 1 {s['served_p50_c1_ms']:.0f} ms vs in-process "
             f"{s['in_process_p50_ms']:.0f} ms: serving overhead **{s['serving_overhead']:.2f}x** "
             f"({_spread(s, 'serving_overhead')})",
-            f"- the project's own share of a request's CPU at concurrency "
-            f"{s['saturation_concurrency']} (everything but the mllm rows): "
-            f"**{100 * s['own_share']:.0f}%**",
         ]
+        if s["own_share"] is not None:
+            lines.append(
+                f"- the project's own share of a request's CPU at concurrency "
+                f"{s['saturation_concurrency']} (everything but the mllm rows): "
+                f"**{100 * s['own_share']:.0f}%**"
+            )
         if "vs_ensemble_p50_c1" in s:
             lines += [
                 f"- vs the ensemble, same rounds: p50 at concurrency 1 "
@@ -379,7 +382,7 @@ def summary(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
             "serving_overhead_range": [min(overhead), max(overhead)],
             "rounds": len(rounds),
             "model_calls": float(np.mean([r["model_calls"] for r in results["perf"][label]])),
-            "own_share": own_share(results["perf"][label][-1]["cpu_ms_per_request"]),
+            "own_share": own_share(results["perf"][label][-1].get("cpu_ms_per_request", {})),
         }
         ensemble = SINGLE_VS_ENSEMBLE.get(label)
         if ensemble is not None and ensemble in rounds[0]["served_p50_ms"]:
@@ -395,11 +398,12 @@ def summary(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def own_share(cpu_ms: dict[str, float]) -> float:
+def own_share(cpu_ms: dict[str, float]) -> float | None:
     """The share of a request's CPU that is not the mllm stubs' (the rows themselves):
-    tritonserver, noise, generate, embedder, aggregate or the single model."""
+    tritonserver, noise, generate, embedder, aggregate or the single model (None: no CPU
+    figures were taken)."""
     total = sum(cpu_ms.values())
-    return (total - cpu_ms.get(MODEL_PROCESS, 0.0)) / total if total > 0 else 0.0
+    return (total - cpu_ms.get(MODEL_PROCESS, 0.0)) / total if total > 0 else None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -150,3 +150,43 @@ def test_paired_rounds_reuse_the_first_windows_and_time_each_round(bench: Module
     assert [r["served_p50_ms"]["mllm"] for r in rounds] == [5.0, 20.0, 30.0]
     assert [r["defended_p50_ms"] for r in rounds] == [1.0, 2.0, 3.0]
     assert "defended_p50_ms" not in bench.paired_rounds(window(5.0), measure, 1)[0]
+
+
+def test_own_share_is_everything_but_the_mllm_rows(bench: ModuleType) -> None:
+    assert bench.own_share({"mllm": 8.0, "noise": 1.0, "tritonserver": 1.0}) == pytest.approx(0.2)
+    assert bench.own_share({"mllm": 5.0, "smoothguard_bls": 5.0}) == pytest.approx(0.5)
+    assert bench.own_share({}) is None
+
+
+def test_the_single_model_is_set_against_the_ensemble_round_by_round(bench: ModuleType) -> None:
+    """Each round's single-model figure over the ensemble's of the same round, then the median:
+    a machine that slows down in one round slows both sides of that round's ratio."""
+    perf = {
+        label: [{"model_calls": 10.0, "cpu_ms_per_request": {"mllm": 9.0, "noise": 1.0}}]
+        for label in ("mllm", "smoothguard", "single model")
+    }
+    latency = [
+        {
+            "served_p50_ms": {"mllm": 10, "smoothguard": s, "single model": b},
+            "defended_p50_ms": 20,
+            "adaptive_p50_ms": 10,
+        }
+        for s, b in ((40, 30), (80, 72), (50, 50))  # 0.75, 0.9, 1.0
+    ]
+    saturation = [
+        {"throughput_rps": {"mllm": 100, "smoothguard": s, "single model": b}}
+        for s, b in ((20, 30), (10, 12), (40, 40))  # 1.5, 1.2, 1.0
+    ]
+    results = {
+        "perf": perf,
+        "rounds": latency,
+        "saturation": {"concurrency": 16, "rounds": saturation},
+    }
+    summary = bench.summary(results)
+    single = summary["single model"]
+    assert single["vs_ensemble_p50_c1"] == pytest.approx(0.9)
+    assert single["vs_ensemble_p50_c1_range"] == pytest.approx([0.75, 1.0])
+    assert single["vs_ensemble_throughput"] == pytest.approx(1.2)
+    assert single["own_share"] == pytest.approx(0.1)
+    assert "vs_ensemble_p50_c1" not in summary["smoothguard"]
+    assert "smoothguard adaptive" not in summary  # a series that was not measured
