@@ -47,7 +47,7 @@ WATCH: dict[str, dict[str, str]] = {
     "generate": {
         "MllmFanout.ask": "BLS calls to mllm (request building, answers)",
         "step_options": "parsing OPTIONS",
-        "check": "checking the copies' values",
+        "_pixel_check.<locals>.check": "checking the copies' values",
         "BaseEventLoop._run_once": "asyncio event loop (BLS futures)",
         "_worker": "the BLS executor threads",
     },

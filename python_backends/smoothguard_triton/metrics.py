@@ -138,12 +138,17 @@ class EnsembleTickets:
         self._key = key if key is not None else server_key()
 
     def tag(self, options: RequestOptions) -> str:
-        return hmac.new(self._key, options.to_json().encode(), hashlib.sha256).hexdigest()
+        return self._tag(options.to_json())
+
+    def _tag(self, canonical: str) -> str:
+        return hmac.new(self._key, canonical.encode(), hashlib.sha256).hexdigest()
 
     def issue(self, options: RequestOptions) -> str:
-        """OPTIONS JSON for the next steps: the options and their ticket."""
-        payload = json.loads(options.to_json())
-        payload[TICKET_KEY] = self.tag(options)
+        """OPTIONS JSON for the next steps: the options and their ticket (the canonical JSON
+        written once: it was a tenth of the noise step's CPU, twice)."""
+        canonical = options.to_json()
+        payload = json.loads(canonical)
+        payload[TICKET_KEY] = self._tag(canonical)
         return json.dumps(payload, sort_keys=True)
 
     def verify(self, options: RequestOptions, ticket: object) -> bool:
