@@ -20,11 +20,22 @@ import triton_python_backend_utils as pb_utils
 
 from smoothguard.core.sampling import Answer, Failed, SamplingError
 from smoothguard.core.settings import RequestOptions
+from smoothguard_triton.dlpack import output_tensor
 
 FANOUTS = ("requests", "batch")
 
 # The rows of one call (copy indices, ascending and contiguous) -> their input tensor.
 Rows = Callable[[list[int]], Any]
+
+
+def drawn_rows(name: str, drawn: Any, first: int) -> Rows:
+    """Rows for copies drawn for one round (`drawn[0]` is copy `first`), as input tensors
+    (shared by DLPack where the copies are on the GPU)."""
+
+    def rows(group: list[int]) -> Any:
+        return output_tensor(name, drawn[group[0] - first : group[-1] + 1 - first])
+
+    return rows
 
 
 class MllmFanout:

@@ -9,8 +9,12 @@ from typing import Any
 from smoothguard.adapters.preprocess import ImagePreprocessor
 from smoothguard.core.settings import DefenseSettings, RequestOptions
 from smoothguard.core.validation import image_from_inputs
-from smoothguard_triton.glue import image_size_parameter, optional_input, request_options
-from smoothguard_triton.glue import request_prompt as read_prompt
+from smoothguard_triton.glue import (
+    image_size_parameter,
+    optional_input,
+    request_options,
+    request_prompt,
+)
 
 
 def load_preprocessor(params: dict[str, str]) -> ImagePreprocessor:
@@ -25,7 +29,7 @@ def image_request(
     """(prompt, options, the normalised image [3, H, W] as an `xp` array)."""
     # PROMPT is optional in the configs only so that a request without one reaches this
     # line and is refused by name (the ensemble would otherwise wait for it forever).
-    prompt = read_prompt(request, settings)
+    prompt = request_prompt(request, settings)
     options = request_options(request, settings)
     image = image_from_inputs(
         optional_input(request, "IMAGE"),

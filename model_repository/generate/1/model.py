@@ -15,7 +15,7 @@ from smoothguard.core.noise import CopyStream, make_rng, noise_value_bound
 from smoothguard.core.sampling import Sampling, SamplingError
 from smoothguard.core.settings import DefenseSettings, InvalidRequest
 from smoothguard.core.validation import check_finite_bounded, check_pixel_values
-from smoothguard_triton.fanout import MllmFanout
+from smoothguard_triton.fanout import MllmFanout, drawn_rows
 from smoothguard_triton.glue import (
     bytes_tensor,
     error_response,
@@ -80,7 +80,7 @@ class TritonPythonModel:
                 rows = (
                     functools.partial(self._copies, samples)
                     if indices.stop <= n
-                    else self._rest(samples, n, indices, options)
+                    else self._rest(samples, indices, options)
                 )
                 sampling.record(await self.fanout.ask(rows, indices, prompt, options))
             texts = sampling.answers()
@@ -97,7 +97,7 @@ class TritonPythonModel:
             return (n,)
         return (n, first_round(n, adaptive=options.adaptive, initial=self.initial))
 
-    def _rest(self, samples, shipped, indices, options):
+    def _rest(self, samples, indices, options):
         """Copies past the first round, drawn here from the clean copy 0 as the noise step
         would have drawn them (a seeded request replays its first round's draws first, so
         its copies are the ones a full draw makes)."""
@@ -111,17 +111,8 @@ class TritonPythonModel:
             std=self.spec.std,
             rng=make_rng(np, options.seed),
         )
-        stream.skip_to(shipped, replay=options.seed is not None)
         stream.skip_to(indices.start, replay=options.seed is not None)
-        drawn = stream.take(indices)
-        first = indices.start
-
-        def rows(group):
-            return pb_utils.Tensor(
-                self.samples_input, drawn[group[0] - first : group[-1] + 1 - first]
-            )
-
-        return rows
+        return drawn_rows(self.samples_input, stream.take(indices), indices.start)
 
     def _copies(self, samples, group):
         """The group's rows as the MLLM's input. All of them: this step's own input tensor,

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from smoothguard.adapters.table_preprocess import TableImageProcessor
+
 
 @dataclass
 class ImagePreprocessor:
@@ -32,8 +34,6 @@ class ImagePreprocessor:
         """`image_size` (mllm.image_size) is the square resolution for processors that have
         none of their own (patch_sequence); for the others it may only restate theirs.
         A plain CLIP processor runs as TableImageProcessor (equal tensors, no torch import)."""
-        from smoothguard.adapters.table_preprocess import TableImageProcessor
-
         table = TableImageProcessor.from_config(model_path)
         if table is not None:
             check_image_size(model_path, table.image_size, image_size)
@@ -73,8 +73,6 @@ class ImagePreprocessor:
 
         The layout is stated (channels last), never inferred: left to guess, the processor
         reads a 1xWx3 or 3xWx3 image as channels-first."""
-        from smoothguard.adapters.table_preprocess import TableImageProcessor
-
         if isinstance(self.processor, TableImageProcessor):
             return self.processor(images)
         out = self.processor(
@@ -104,6 +102,19 @@ def check_image_size(
         )
 
 
+def image_processor_config(model_path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The image processor's settings from the checkpoint's JSON (the first file holding
+    image_mean), or None."""
+    for name in ("processor_config.json", "preprocessor_config.json"):
+        path = Path(model_path) / name
+        if path.is_file():
+            data = json.loads(path.read_text())
+            config = data.get("image_processor", data)
+            if "image_mean" in config:
+                return config
+    return None
+
+
 def read_image_input_spec(
     model_path: str | os.PathLike[str], image_size: int | None = None
 ) -> ImageInputSpec:
@@ -116,16 +127,8 @@ def read_image_input_spec(
     `image_size` (mllm.image_size) where one is configured, else None.
     tests/smoothguard/adapters/test_preprocess.py checks it against ImagePreprocessor.load.
     """
-    root = Path(model_path)
-    config: dict[str, Any] | None = None
-    for name in ("processor_config.json", "preprocessor_config.json"):
-        path = root / name
-        if path.is_file():
-            data = json.loads(path.read_text())
-            config = data.get("image_processor", data)
-            if "image_mean" in config:
-                break
-    if config is None or "image_mean" not in config:
+    config = image_processor_config(model_path)
+    if config is None:
         raise ValueError(f"{model_path}: no image processor config with image_mean/image_std")
     size = None
     if config.get("do_center_crop") and config.get("crop_size") is not None:

@@ -16,14 +16,13 @@ processor.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 # The processor types whose preprocessing is exactly resize -> centre crop -> rescale ->
 # normalise (transformers' PIL backend; "Fast" names the torchvision one, same arithmetic
@@ -75,7 +74,9 @@ class TableImageProcessor:
     @classmethod
     def from_config(cls, model_path: str | os.PathLike[str]) -> TableImageProcessor | None:
         """The checkpoint's processor if it is a plain CLIP one stated in full, else None."""
-        config = _image_processor_config(Path(model_path))
+        from smoothguard.adapters.preprocess import image_processor_config  # (imports this)
+
+        config = image_processor_config(model_path)
         if config is None or config.get("image_processor_type") not in PLAIN_TYPES:
             return None
         if any(key not in config for key in REQUIRED):
@@ -99,8 +100,6 @@ class TableImageProcessor:
         return np.stack([self.one(image) for image in images])
 
     def one(self, image: np.ndarray) -> np.ndarray:
-        from PIL import Image
-
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"expected a uint8 HxWx3 image, got {image.dtype} {image.shape}")
         height, width = self._resized_size(image.shape[0], image.shape[1])
@@ -138,17 +137,6 @@ def _table(scale: float | None, mean: tuple[float, ...], std: tuple[float, ...])
     m = np.asarray(mean, dtype=np.float32)[:, None]
     s = np.asarray(std, dtype=np.float32)[:, None]
     return np.ascontiguousarray((x[None, :] - m) / s, dtype=np.float32)
-
-
-def _image_processor_config(root: Path) -> dict[str, Any] | None:
-    for name in ("processor_config.json", "preprocessor_config.json"):
-        path = root / name
-        if path.is_file():
-            data = json.loads(path.read_text())
-            config = data.get("image_processor", data)
-            if "image_mean" in config:
-                return config
-    return None
 
 
 def _resize(config: dict[str, Any]) -> tuple[int, int] | int | None:

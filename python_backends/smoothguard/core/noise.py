@@ -193,13 +193,8 @@ class CopyStream:
             raise ValueError(f"pixel_values must be [C, H, W], got shape {pixel_values.shape}")
         self.scale = _image_noise_scale(pixel_values, sigma, unit, mean, std, self.xp)
         self.image = self.xp.asarray(pixel_values, dtype=self.xp.float32)
-        self.num_samples, self.clip, self.mean, self.std, self.rng = (
-            num_samples,
-            clip,
-            mean,
-            std,
-            rng,
-        )
+        self.num_samples, self.clip, self.rng = num_samples, clip, rng
+        self.mean, self.std = mean, std
         self._next = 0
 
     def skip_to(self, start: int, *, replay: bool) -> None:

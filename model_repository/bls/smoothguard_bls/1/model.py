@@ -11,8 +11,7 @@ from smoothguard.core.noise import CopyStream, make_rng
 from smoothguard.core.sampling import Sampling, SamplingError
 from smoothguard.core.settings import DefenseSettings
 from smoothguard.core.xp import get_xp, to_numpy
-from smoothguard_triton.dlpack import output_tensor
-from smoothguard_triton.fanout import MllmFanout
+from smoothguard_triton.fanout import MllmFanout, drawn_rows
 from smoothguard_triton.glue import (
     bytes_tensor,
     error_response,
@@ -58,13 +57,7 @@ class TritonPythonModel:
             )
             sampling = Sampling.for_request(options, s)
             for indices in sampling:
-                drawn = copies.take(indices)
-
-                def rows(group, drawn=drawn, first=indices.start):
-                    return output_tensor(
-                        "PIXEL_VALUES", drawn[group[0] - first : group[-1] + 1 - first]
-                    )
-
+                rows = drawn_rows("PIXEL_VALUES", copies.take(indices), indices.start)
                 sampling.record(await self.fanout.ask(rows, indices, prompt, options))
             texts = sampling.answers()
             embeddings = await self._embed(texts)
