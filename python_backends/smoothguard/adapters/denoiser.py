@@ -7,7 +7,9 @@ in [0, 1] pixel units (the server's `noise_unit: pixel`), differentiable w.r.t. 
 an attack can backpropagate through it.
 
 A checkpoint is `config.json` (its `"denoiser"` field names the kind, plus the architecture,
-`"sigma_unit"` and `"sigma_max"`) and `model.safetensors`; safetensors only, never pickle.
+`"sigma_unit"` and `"sigma_max"`) and `model.safetensors`; safetensors only, never pickle. A
+kind in OWN_WEIGHTS (a diffusers DDPM, adapters/denoiser_diffusion.py) reads its own weights
+from the folder instead.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 
 
-def _build_unet(config: dict[str, Any]) -> tuple[torch.nn.Module, int]:
+def _build_unet(config: dict[str, Any], folder: Path) -> tuple[torch.nn.Module, int]:
     from smoothguard.adapters.denoiser_unet import UNet, UNetConfig
 
     arch = UNetConfig.from_dict(
@@ -34,11 +36,21 @@ def _build_unet(config: dict[str, Any]) -> tuple[torch.nn.Module, int]:
     return UNet(arch), arch.multiple
 
 
-# Kind -> (config.json -> (network, the multiple H and W must be)). The network maps
-# (noisy [B,3,H,W], sigma [B]) to a clean estimate in [0, 1].
-KINDS: dict[str, Callable[[dict[str, Any]], tuple[torch.nn.Module, int]]] = {
+def _build_diffusers(config: dict[str, Any], folder: Path) -> tuple[torch.nn.Module, int]:
+    # imported here: diffusers is loaded only for this kind
+    from smoothguard.adapters.denoiser_diffusion import build
+
+    return build(config, folder)
+
+
+# Kind -> ((config.json, its folder) -> (network, the multiple H and W must be)). The network
+# maps (noisy [B,3,H,W], sigma [B]) to a clean estimate in [0, 1].
+KINDS: dict[str, Callable[[dict[str, Any], Path], tuple[torch.nn.Module, int]]] = {
     "smoothguard-unet": _build_unet,
+    "diffusers-ddpm": _build_diffusers,
 }
+# Kinds whose builder loads its own weights (no model.safetensors beside config.json).
+OWN_WEIGHTS = frozenset({"diffusers-ddpm"})
 
 
 class Denoiser:
@@ -64,9 +76,8 @@ class Denoiser:
         folder = Path(path)
         if not folder.is_dir():
             raise ValueError(f"denoiser checkpoint {str(folder)!r} is not a directory")
-        missing = [name for name in (CONFIG, WEIGHTS) if not (folder / name).is_file()]
-        if missing:
-            raise ValueError(f"denoiser checkpoint {str(folder)!r} lacks {', '.join(missing)}")
+        if not (folder / CONFIG).is_file():
+            raise ValueError(f"denoiser checkpoint {str(folder)!r} lacks {CONFIG}")
         try:
             config = json.loads((folder / CONFIG).read_text())
         except json.JSONDecodeError as err:
@@ -81,7 +92,12 @@ class Denoiser:
             raise ValueError(f"{folder / CONFIG}: sigma_unit must be 'pixel', got {unit!r}")
         if "sigma_max" not in config:
             raise ValueError(f"{folder / CONFIG} lacks sigma_max")
-        network, multiple = KINDS[kind](config)
+        if kind in OWN_WEIGHTS:
+            network, multiple = KINDS[kind](config, folder)
+            return cls(network, config, multiple, device)
+        if not (folder / WEIGHTS).is_file():
+            raise ValueError(f"denoiser checkpoint {str(folder)!r} lacks {WEIGHTS}")
+        network, multiple = KINDS[kind](config, folder)
         state = load_file(str(folder / WEIGHTS))
         try:
             network.load_state_dict(state, strict=True)
