@@ -26,12 +26,7 @@ BLOCKS = ("DownBlock2D", "AttnDownBlock2D", "DownBlock2D")  # 3 down blocks: mul
 BETAS = (1e-4, 0.02, 1000)  # the linear DDPM schedule (start, end, steps)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(autouse=True)
