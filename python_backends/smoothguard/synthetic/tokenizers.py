@@ -51,6 +51,6 @@ def build_word_tokenizer(
         eos_token="</s>",
         unk_token="<unk>",
         extra_special_tokens=dict(media_tokens),
+        padding_side="left",  # a constructor argument, so tokenizer_config.json keeps it
     )
-    tokenizer.padding_side = "left"
     return tokenizer

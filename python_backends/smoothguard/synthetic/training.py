@@ -3,9 +3,10 @@
 Two stages: (1) the media encoder alone, with a throw-away linear head, learns to classify
 every output token (background, an object or event type, or the trigger) from the benchmark
 generator's dense labels, which teaches a from-scratch encoder in minutes what end-to-end
-training through the language model alone could not in the budget; (2) the whole model
-learns the answers (loss on answer tokens only, each answer weighted once), the encoder at a
-lower learning rate so stage 1's features survive the first noisy gradients. A share of every
+training through the language model alone could not in the budget; (2) the model learns the
+answers (loss on answer tokens only, each answer weighted once), the encoder at a lower
+learning rate so stage 1's features survive the first noisy gradients, or frozen (a learning
+rate scale of 0), which spends stage 2's time on the language model alone. A share of every
 batch in both stages carries the defense's own noise, so one noisy copy is still answered well.
 
 Each stage runs a fixed number of steps, so the result depends on the seed alone; the wall-clock
@@ -266,6 +267,10 @@ def train(out: Path, modality: Modality, log: Callable[[str], None]) -> dict[str
     rng = np.random.default_rng(config.seed)
     deadline = started + 60 * config.max_minutes
     stage1 = pretrain_encoder(model, pool, rng, deadline)
+    if modality.encoder_lr_scale == 0:
+        # A frozen encoder keeps stage 1's features and its batch-norm statistics, and costs
+        # no backward pass: stage 2's budget goes to the language model.
+        modality.encoder(model).requires_grad_(False)
     optimizer = _optimizer(model, modality)
     losses: list[float] = []
     stopped_early = False
@@ -275,6 +280,8 @@ def train(out: Path, modality: Modality, log: Callable[[str], None]) -> dict[str
             for group in optimizer.param_groups:
                 group["lr"] = group["scale"] * lr_at(step, config.steps, config.lr, config.warmup)
             inputs, ids, mask, labels, weight = pool.batch(rng)
+            if modality.encoder_lr_scale == 0:
+                modality.encoder(model).eval()
             loss = answer_loss(modality.logits(model, adapter, inputs, ids, mask), labels, weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

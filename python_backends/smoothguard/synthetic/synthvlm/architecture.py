@@ -69,7 +69,6 @@ def vision_config(config: ModelConfig) -> Any:
         downsample_in_first_stage=False,
     )
     vision.hidden_size = widths[-1]  # the projector's input width (FastVLM reads it)
-    vision.image_size = config.image_size
     return vision
 
 

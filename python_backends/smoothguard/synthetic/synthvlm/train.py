@@ -10,8 +10,8 @@ blur and JPEG) comes from the renderer itself: every train scene is a fresh draw
 
 Stage 1 trains the vision tower alone to classify every image-token cell from the renderer's
 per-pixel labels (the visible footprint's main type), with a linear head then thrown away.
-Stage 2 trains the whole model on POPE questions, descriptions and safety prompts, the vision
-tower at `vision_lr_scale`. Its POPE questions include contrast items (a near-miss "no" beside
+Stage 2 trains the projector and language model on POPE questions, descriptions and safety
+prompts, the vision tower frozen (`vision_lr_scale` 0; a positive scale fine-tunes it). Its POPE questions include contrast items (a near-miss "no" beside
 a "yes", `synthpope.contrast_items`): without them the model answers presence from the colour
 alone (the model card has the figures).
 """
@@ -39,11 +39,13 @@ from smoothguard.synthetic.synthvlm.tokenizer import build_tokenizer
 @dataclass(frozen=True)
 class TrainConfig:
     seed: int = 0
-    pretrain_steps: int = 1500
+    pretrain_steps: int = 2500
     pretrain_batch_size: int = 64
     pretrain_lr: float = 2e-3
-    vision_lr_scale: float = 0.25
-    steps: int = 3600
+    # 0: stage 2 keeps the tower frozen (stage 1's features, no backward pass through it), and
+    # spends the time on more language-model steps (issue 18: 97.7% vs 93.7% yes/no).
+    vision_lr_scale: float = 0.0
+    steps: int = 4600
     batch_size: int = 48
     lr: float = 2e-3
     warmup: int = 150
@@ -53,7 +55,7 @@ class TrainConfig:
     noise_share: float = 0.5
     noise_max: float = 0.6  # pixel units
     mix: tuple[float, float, float] = (0.5, 0.37, 0.13)  # pope, describe, safety
-    max_minutes: float = 27.0
+    max_minutes: float = 29.0
     threads: int = 2
     model: ModelConfig = field(default_factory=ModelConfig)
 
