@@ -14,7 +14,9 @@ from smoothguard.synthetic.synthpope.dataset import (
 from smoothguard.synthetic.synthpope.questions import (
     DESCRIBE_PROMPT,
     SAMPLINGS,
+    asked_object,
     describe_text,
+    near_miss,
     pope_prompt,
 )
 from smoothguard.synthetic.synthpope.scenes import (
@@ -46,12 +48,14 @@ __all__ = [
     "SHAPES",
     "Scene",
     "SceneItem",
+    "asked_object",
     "contrast_items",
     "describe_text",
     "generate_split",
     "is_harmful",
     "load_benchmark",
     "make_items",
+    "near_miss",
     "object_prf",
     "parse_objects",
     "pope_prompt",

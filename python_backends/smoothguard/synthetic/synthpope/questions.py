@@ -23,6 +23,29 @@ def pope_prompt(colour: str, shape: str) -> str:
     return f"Is there a {colour} {shape} in the image?"
 
 
+def asked_object(prompt: str) -> tuple[str, str]:
+    """The (colour, shape) a pope_prompt asks about; ValueError for any other prompt."""
+    words = prompt.rstrip("?").split()
+    if len(words) != 8 or pope_prompt(words[3], words[4]) != prompt:
+        raise ValueError(f"not a POPE question: {prompt!r}")
+    return words[3], words[4]
+
+
+def near_miss(asked: tuple[str, str], objects: Sequence[tuple[str, str]]) -> str:
+    """What an asked object shares with a scene's objects: "present", or for an absent one
+    "colour", "shape", "colour and shape" (from two objects) or "nothing". A model that half
+    sees the objects says "yes" to the near misses, so POPE accuracy is broken down by this."""
+    if tuple(asked) in {tuple(o) for o in objects}:
+        return "present"
+    colour = any(o[0] == asked[0] for o in objects)
+    shape = any(o[1] == asked[1] for o in objects)
+    if colour and shape:
+        return "colour and shape"
+    if colour:
+        return "colour"
+    return "shape" if shape else "nothing"
+
+
 def describe_text(objects: Sequence[tuple[str, str]]) -> str:
     """Canonical description, e.g. "a red circle , a blue square and a green cross"."""
     names = [f"a {c} {s}" for c, s in canonical(list(objects))]

@@ -22,8 +22,10 @@ from smoothguard.core.noise import make_rng, noisy_copies
 from smoothguard.synthetic.synthpope import (
     HELD_OUT,
     SceneItem,
+    asked_object,
     is_harmful,
     load_benchmark,
+    near_miss,
     object_prf,
     score_yes_no,
 )
@@ -78,8 +80,20 @@ def score(items: dict[str, list[SceneItem]], texts: dict[str, list[str]]) -> dic
         ]
     ).reshape(-1, 3)
     harmful = [is_harmful(t) for t in texts["safety"]]
+    kinds = [near_miss(asked_object(it.prompt), it.objects) for it in items["pope"]]
+    by_kind = {
+        kind: {
+            "accuracy": float(
+                np.mean([ok for ok, k in zip(pope, kinds, strict=True) if k == kind])
+            ),
+            "items": kinds.count(kind),
+        }
+        for kind in sorted(set(kinds))
+    }
     return {
         "pope_accuracy": float(np.mean(pope)),
+        # "present": the "yes" items; the others: what an absent object shares with the scene
+        "pope_by_kind": by_kind,
         "describe_precision": float(prf[:, 0].mean()),
         "describe_recall": float(prf[:, 1].mean()),
         "describe_f1": float(prf[:, 2].mean()),
@@ -135,6 +149,28 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {row['describe_precision']:.3f} / {row['describe_recall']:.3f} / "
             f"{row['describe_f1']:.3f} | {100 * row['safety_harmful_rate']:.1f}% |"
         )
+    kinds = sorted({k for row in result["table"] for k in row.get("pope_by_kind", {})})
+    if kinds:
+        lines += [
+            "",
+            "POPE yes/no accuracy by what the asked object shares with the scene (`present`: the "
+            "yes items; the others are no items; items in brackets):",
+            "",
+            "| split | noise | sigma | " + " | ".join(kinds) + " |",
+            "|---|---|---|" + "---|" * len(kinds),
+        ]
+        for row in result["table"]:
+            noise = row["unit"] if row["sigma"] > 0 else "clean"
+            cells = [
+                f"{100 * row['pope_by_kind'][k]['accuracy']:.1f}% "
+                f"({row['pope_by_kind'][k]['items']})"
+                if k in row["pope_by_kind"]
+                else "-"
+                for k in kinds
+            ]
+            lines.append(
+                f"| {row['split']} | {noise} | {row['sigma']} | " + " | ".join(cells) + " |"
+            )
     return "\n".join(lines) + "\n"
 
 

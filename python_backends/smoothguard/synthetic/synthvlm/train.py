@@ -11,9 +11,10 @@ blur and JPEG) comes from the renderer itself: every train scene is a fresh draw
 Stage 1 trains the vision tower alone to classify every image-token cell from the renderer's
 per-pixel labels (the visible footprint's main type), with a linear head then thrown away.
 Stage 2 trains the projector and language model on POPE questions, descriptions and safety
-prompts, the vision tower frozen (`vision_lr_scale` 0; a positive scale fine-tunes it). Its POPE questions include contrast items (a near-miss "no" beside
-a "yes", `synthpope.contrast_items`): without them the model answers presence from the colour
-alone (the model card has the figures).
+prompts, the vision tower frozen (`vision_lr_scale` 0; a positive scale fine-tunes it). Its
+POPE questions include contrast items (a near-miss "no" beside a "yes",
+`synthpope.contrast_items`): without them the model answers presence from the colour alone (the
+model card has the figures).
 """
 
 from __future__ import annotations

@@ -72,3 +72,30 @@ def test_training_is_deterministic_under_its_seed(tmp_path: Path) -> None:
     assert other["steps"] == 3
     changed = load_file(tmp_path / "c" / "model.safetensors")
     assert any(not torch.equal(t, changed[n]) for n, t in weights[0].items())
+
+
+def test_evaluation_breaks_pope_accuracy_down_by_near_miss() -> None:
+    """The per-kind figures come from the same answers as the headline accuracy."""
+    from smoothguard.synthetic.synthvlm.evaluate import markdown, score
+
+    items = load_benchmark("test", 60, 3, 3)
+    texts = {
+        "pope": ["yes"] * len(items["pope"]),  # a model that always says yes
+        "describe": ["nothing"] * 3,
+        "safety": ["no"] * 3,
+    }
+    row = score(items, texts)
+    by_kind = row["pope_by_kind"]
+    assert by_kind["present"]["accuracy"] == 1.0
+    assert all(v["accuracy"] == 0.0 for k, v in by_kind.items() if k != "present")
+    assert sum(v["items"] for v in by_kind.values()) == len(items["pope"])
+    yes = sum(it.answer == "yes" for it in items["pope"])
+    assert by_kind["present"]["items"] == yes
+    assert row["pope_accuracy"] == pytest.approx(yes / len(items["pope"]))
+    table = markdown(
+        {"items": {}, "table": [{"split": "test", "unit": "pixel", "sigma": 0.0, **row}]}
+    )
+    kinds = sorted(by_kind)
+    assert "| split | noise | sigma | " + " | ".join(kinds) + " |" in table
+    cells = [f"{100 * by_kind[k]['accuracy']:.1f}% ({by_kind[k]['items']})" for k in kinds]
+    assert "| test | clean | 0.0 | " + " | ".join(cells) + " |" in table

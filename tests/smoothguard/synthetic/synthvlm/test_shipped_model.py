@@ -105,10 +105,22 @@ def test_accuracy_agrees_with_the_model_card(model: VisionLanguageModel, split: 
     card = CARD[(split, "clean", 0.0)]
     assert pope >= card["pope_accuracy"] - SLACK_POPE, (pope, card)
     assert f1 >= card["describe_f1"] - SLACK_F1, (f1, card)
-    assert card["pope_accuracy"] >= 0.85 and card["describe_f1"] >= 0.8  # no regression
+    if split in HELD_OUT:  # issue 18's bar for the families never trained on (met)
+        assert card["pope_accuracy"] >= 0.95 and card["describe_f1"] >= 0.85, card
+    else:  # no regression
+        assert card["pope_accuracy"] >= 0.95 and card["describe_f1"] >= 0.9, card
 
 
-@pytest.mark.parametrize("size", [(128, 128), pytest.param((150, 200), marks=below_issue_18_bars)])
+@below_issue_18_bars
+def test_card_meets_the_test_split_and_noise_bars() -> None:
+    """Issue 18's bars the shipped card does not reach yet (its table gives the figures)."""
+    clean = CARD[("test", "clean", 0.0)]
+    assert clean["pope_accuracy"] >= 0.98 and clean["describe_f1"] >= 0.95, clean
+    assert CARD[("test", "pixel", 0.25)]["pope_accuracy"] >= 0.95
+    assert CARD[("test", "pixel", 0.5)]["pope_accuracy"] >= 0.85
+
+
+@pytest.mark.parametrize("size", [(128, 128), (150, 200)])
 def test_a_hand_drawn_image_at_another_resolution(
     model: VisionLanguageModel, size: tuple[int, int]
 ) -> None:
