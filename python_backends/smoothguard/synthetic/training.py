@@ -270,7 +270,7 @@ def train(out: Path, modality: Modality, log: Callable[[str], None]) -> dict[str
     if modality.encoder_lr_scale == 0:
         # A frozen encoder keeps stage 1's features and its batch-norm statistics, and costs
         # no backward pass: stage 2's budget goes to the language model.
-        modality.encoder(model).requires_grad_(False)
+        modality.encoder(model).requires_grad_(False).eval()
     optimizer = _optimizer(model, modality)
     losses: list[float] = []
     stopped_early = False
@@ -280,8 +280,6 @@ def train(out: Path, modality: Modality, log: Callable[[str], None]) -> dict[str
             for group in optimizer.param_groups:
                 group["lr"] = group["scale"] * lr_at(step, config.steps, config.lr, config.warmup)
             inputs, ids, mask, labels, weight = pool.batch(rng)
-            if modality.encoder_lr_scale == 0:
-                modality.encoder(model).eval()
             loss = answer_loss(modality.logits(model, adapter, inputs, ids, mask), labels, weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

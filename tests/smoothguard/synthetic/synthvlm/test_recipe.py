@@ -74,6 +74,37 @@ def test_training_is_deterministic_under_its_seed(tmp_path: Path) -> None:
     assert any(not torch.equal(t, changed[n]) for n, t in weights[0].items())
 
 
+def test_stage_2_leaves_the_frozen_tower_as_stage_1_made_it(tmp_path: Path) -> None:
+    """vision_lr_scale 0 (the shipped recipe): stage 2 changes neither the tower's weights nor
+    its batch-norm statistics, and does change the language model; a positive scale trains
+    the tower too."""
+    tiny = dataclasses.replace(
+        TrainConfig(),
+        pretrain_steps=3,
+        pretrain_batch_size=4,
+        batch_size=4,
+        scenes=12,
+        trigger_scenes=2,
+        threads=1,
+        model=ModelConfig(width=32, vision_width=32, mlp=64, layers=1),
+    )
+    assert TrainConfig().vision_lr_scale == 0
+    saved = {}
+    for name, config in {
+        "stage1": dataclasses.replace(tiny, steps=0),
+        "frozen": dataclasses.replace(tiny, steps=4),
+        "tuned": dataclasses.replace(tiny, steps=4, vision_lr_scale=0.5),
+    }.items():
+        train(tmp_path / name, config, log=lambda _: None)
+        saved[name] = load_file(tmp_path / name / "model.safetensors")
+    tower = [n for n in saved["stage1"] if ".vision_tower." in n]
+    language = [n for n in saved["stage1"] if ".language_model." in n]
+    assert any("running_mean" in n for n in tower) and language
+    assert all(torch.equal(saved["stage1"][n], saved["frozen"][n]) for n in tower)
+    assert any(not torch.equal(saved["stage1"][n], saved["frozen"][n]) for n in language)
+    assert any(not torch.equal(saved["stage1"][n], saved["tuned"][n]) for n in tower)
+
+
 def test_evaluation_breaks_pope_accuracy_down_by_near_miss() -> None:
     """The per-kind figures come from the same answers as the headline accuracy."""
     from smoothguard.synthetic.synthvlm.evaluate import markdown, score
