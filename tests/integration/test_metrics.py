@@ -111,15 +111,16 @@ def test_defense_metrics_match_the_requests_sent(server: Any) -> None:
             client.ask(scene.image, "Describe the image.", num_samples=3, policy="monitor")
         )
         answers.append(client.ask(scene.image, present, num_samples=10, adaptive=True, seed=2))
-        # The outvoted case without an attack: at sigma's limit the noise hides the object from
-        # some noisy copies; when both copies of N=3 miss it, they outvote the clean "yes".
-        # Seeded, so it reproduces; the search is bounded and stops at the first hit.
+        # The outvoted case without an attack: at sigma's limit the noise hides objects from
+        # the noisy copies; when both copies of N=3 describe the scene alike and unlike the
+        # clean copy, they outvote it (the default model answers yes/no questions at this
+        # sigma too steadily for that). Seeded, so it reproduces; the search is bounded and
+        # stops at the first hit.
         for seed, candidate in itertools.product(range(6), scenes):
-            c, s = candidate.objects[0]
             answers.append(
                 client.ask(
                     candidate.image,
-                    f"Is there a {c} {s} in the image?",
+                    "Describe the image.",
                     num_samples=3,
                     sigma=1.0,
                     seed=seed,
