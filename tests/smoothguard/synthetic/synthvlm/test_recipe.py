@@ -16,6 +16,19 @@ from smoothguard.synthetic.synthvlm.tokenizer import build_tokenizer
 from smoothguard.synthetic.synthvlm.train import TrainConfig, train
 from smoothguard.synthetic.training import answer_loss
 
+# Seconds to train: three steps per stage on 12 scenes, a one-layer model.
+TINY = dataclasses.replace(
+    TrainConfig(),
+    pretrain_steps=3,
+    pretrain_batch_size=4,
+    steps=3,
+    batch_size=4,
+    scenes=12,
+    trigger_scenes=2,
+    threads=1,
+    model=ModelConfig(width=32, vision_width=32, mlp=64, layers=1),
+)
+
 
 def test_tokenizer_knows_every_benchmark_word() -> None:
     tokenizer = build_tokenizer()
@@ -49,26 +62,16 @@ def test_answer_loss_counts_only_answer_tokens() -> None:
 
 
 def test_training_is_deterministic_under_its_seed(tmp_path: Path) -> None:
-    tiny = dataclasses.replace(
-        TrainConfig(),
-        pretrain_steps=3,
-        pretrain_batch_size=4,
-        steps=3,
-        batch_size=4,
-        scenes=12,
-        trigger_scenes=2,
-        threads=1,
-        model=ModelConfig(width=32, vision_width=32, mlp=64, layers=1),
-    )
+
     weights = []
     for run in ("a", "b"):
-        record = train(tmp_path / run, tiny, log=lambda _: None)
+        record = train(tmp_path / run, TINY, log=lambda _: None)
         assert record["steps"] == 3 and not record["stopped_early"]
         weights.append(load_file(tmp_path / run / "model.safetensors"))
     assert weights[0].keys() == weights[1].keys()
     for name, tensor in weights[0].items():
         assert torch.equal(tensor, weights[1][name]), name
-    other = train(tmp_path / "c", dataclasses.replace(tiny, seed=1), log=lambda _: None)
+    other = train(tmp_path / "c", dataclasses.replace(TINY, seed=1), log=lambda _: None)
     assert other["steps"] == 3
     changed = load_file(tmp_path / "c" / "model.safetensors")
     assert any(not torch.equal(t, changed[n]) for n, t in weights[0].items())
@@ -78,22 +81,13 @@ def test_stage_2_leaves_the_frozen_tower_as_stage_1_made_it(tmp_path: Path) -> N
     """vision_lr_scale 0 (the shipped recipe): stage 2 changes neither the tower's weights nor
     its batch-norm statistics, and does change the language model; a positive scale trains
     the tower too."""
-    tiny = dataclasses.replace(
-        TrainConfig(),
-        pretrain_steps=3,
-        pretrain_batch_size=4,
-        batch_size=4,
-        scenes=12,
-        trigger_scenes=2,
-        threads=1,
-        model=ModelConfig(width=32, vision_width=32, mlp=64, layers=1),
-    )
+
     assert TrainConfig().vision_lr_scale == 0
     saved = {}
     for name, config in {
-        "stage1": dataclasses.replace(tiny, steps=0),
-        "frozen": dataclasses.replace(tiny, steps=4),
-        "tuned": dataclasses.replace(tiny, steps=4, vision_lr_scale=0.5),
+        "stage1": dataclasses.replace(TINY, steps=0),
+        "frozen": dataclasses.replace(TINY, steps=4),
+        "tuned": dataclasses.replace(TINY, steps=4, vision_lr_scale=0.5),
     }.items():
         train(tmp_path / name, config, log=lambda _: None)
         saved[name] = load_file(tmp_path / name / "model.safetensors")
