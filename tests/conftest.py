@@ -16,6 +16,8 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "build"))
+# helpers shared by test modules (importlib mode keeps test folders off sys.path)
+sys.path.insert(0, str(REPO_ROOT / "tests" / "helpers"))
 
 from smoothguard.serving.server import ServerPorts, TritonServer  # noqa: E402
 

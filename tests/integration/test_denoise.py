@@ -21,19 +21,24 @@ DENOISER = REPO_ROOT / "models" / "denoiser"
 SIGMA = 0.25  # pixel units
 
 
+def _serve(start_triton: Callable[..., Any], folder: Path, tmp: Path) -> Any:
+    overrides = ["overlays=[]", f"denoiser.model_path={folder}", "defense.noise_unit=pixel"]
+    return start_triton(tmp, overrides)
+
+
 @pytest.fixture(scope="module")
 def served(
     start_triton: Callable[..., Any], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Any]:
-    overrides = ["overlays=[]", f"denoiser.model_path={DENOISER}", "defense.noise_unit=pixel"]
-    running = start_triton(tmp_path_factory.mktemp("triton-denoise"), overrides)
+    running = _serve(start_triton, DENOISER, tmp_path_factory.mktemp("triton-denoise"))
     try:
         yield running
     finally:
         running.server.stop()
 
 
-def test_seeded_answers_equal_the_in_process_pipeline_with_the_denoiser(served: Any) -> None:
+def _assert_served_equals_in_process(served: Any, denoiser: Path, prompts: list[str]) -> None:
+    """Seeded answers and candidates over gRPC equal SmoothGuard in process with `denoiser`."""
     from smoothguard.adapters.denoise_copies import CopyDenoiser
     from smoothguard.adapters.embedder import SentenceEncoder
     from smoothguard.adapters.mllm import VisionLanguageModel
@@ -48,13 +53,13 @@ def test_seeded_answers_equal_the_in_process_pipeline_with_the_denoiser(served: 
         image_mean=vlm.image_mean,
         image_std=vlm.image_std,
         settings=settings,
-        denoise=CopyDenoiser.load(DENOISER, vlm.image_mean, vlm.image_std),
+        denoise=CopyDenoiser.load(denoiser, vlm.image_mean, vlm.image_std),
     )
-    scenes = generate_split("test", 2)
+    scenes = generate_split("test", len(prompts))
     with SmoothGuardClient(served.grpc_url, timeout_s=300) as client:
         assert client.defense_steps() == ["noise", "denoise", "generate", "embedder", "aggregate"]
-        for index, scene in enumerate(scenes):
-            prompt = pope_prompt(*scene.objects[0]) if index == 0 else "Describe the image."
+        for index, (scene, prompt) in enumerate(zip(scenes, prompts, strict=True)):
+            prompt = prompt.format(object=pope_prompt(*scene.objects[0]))
             answer = client.ask(
                 scene.image, prompt, sigma=SIGMA, seed=10 + index, return_candidates=True
             )
@@ -62,6 +67,25 @@ def test_seeded_answers_equal_the_in_process_pipeline_with_the_denoiser(served: 
             local = guard.defend(vlm.preprocess([scene.image]).numpy()[0], prompt, options)
             assert answer.candidates == local.candidates
             assert (answer.text, answer.agreement) == (local.text, pytest.approx(local.agreement))
+
+
+def test_seeded_answers_equal_the_in_process_pipeline_with_the_denoiser(served: Any) -> None:
+    _assert_served_equals_in_process(served, DENOISER, ["{object}", "Describe the image."])
+
+
+def test_a_diffusers_ddpm_folder_serves_as_the_denoise_step(
+    start_triton: Callable[..., Any], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Any local checkpoint with the denoiser interface replaces ours: a (tiny, random)
+    diffusers UNet with its DDPM schedule, loaded by the served step as in process."""
+    from ddpm_folder import make_folder
+
+    folder = make_folder(tmp_path_factory.mktemp("ddpm"))
+    running = _serve(start_triton, folder, tmp_path_factory.mktemp("triton-ddpm"))
+    try:
+        _assert_served_equals_in_process(running, folder, ["{object}"])
+    finally:
+        running.server.stop()
 
 
 def test_the_evaluation_refuses_a_server_whose_denoiser_it_would_not_attack(
