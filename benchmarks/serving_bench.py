@@ -229,18 +229,21 @@ def plot(results: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for model, rows in results["perf"].items():
+    # one colour per series (p50 solid, p95 dashed); the legend sits outside the axes so
+    # that five series do not hide the curves at low throughput
+    fig, ax = plt.subplots(figsize=(8.5, 4.5))
+    for index, (model, rows) in enumerate(results["perf"].items()):
         xs = [r["throughput_rps"] for r in rows]
-        ax.plot(xs, [r["p50_ms"] for r in rows], "o-", label=f"{model} p50")
-        ax.plot(xs, [r["p95_ms"] for r in rows], "x--", label=f"{model} p95")
+        colour = f"C{index}"
+        ax.plot(xs, [r["p50_ms"] for r in rows], "o-", color=colour, label=f"{model} p50")
+        ax.plot(xs, [r["p95_ms"] for r in rows], "x--", color=colour, label=f"{model} p95")
         for r in rows:
             ax.annotate(f"c{r['concurrency']}", (r["throughput_rps"], r["p50_ms"]), fontsize=7)
     ax.set_xlabel("throughput (requests/s)")
     ax.set_ylabel("latency (ms)")
     ax.set_yscale("log")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_title(f"mllm vs smoothguard (N={results['num_samples']}), {results['machine']}")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
