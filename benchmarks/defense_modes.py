@@ -126,6 +126,29 @@ def merged(path: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [by_name[m.name] for m in MODES if m.name in by_name]
 
 
+def report(result: dict[str, Any]) -> str:
+    """results.md from results.json. The undefended line names the transfer attacks only: an
+    EOT attack is crafted through one mode's noise, so its score on the bare model says how
+    well that mode's attack transfers back, not how the undefended model fares."""
+    rows, items = result["rows"], result["items"]
+    undefended = {k: v for k, v in rows[0]["attacks_undefended"].items() if k in TRANSFER}
+    lines = [
+        f"`{result['command']}` ({result['machine']}; {items['pope']} POPE, {items['safety']} "
+        f"safety, {items['describe']} describe items of the test split; "
+        f"N = {result.get('num_samples', 10)}; transfer attacks 100 steps + 3 restarts on the "
+        "undefended model; EOT 40 steps x 8 draws through the mode's noise and denoiser)",
+        "",
+        f"Undefended: POPE {100 * rows[0]['pope_undefended']:.1f}%, transfer ASR "
+        + ", ".join(f"{k} {100 * v:.1f}%" for k, v in undefended.items())
+        + ".",
+        "",
+        *table(rows),
+        "",
+        *(f"- {r['description']} ({r['seconds']} s)" for r in rows),
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     from smoothguard.evaluation.run import evaluate
 
@@ -181,28 +204,12 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python benchmarks/defense_modes.py " + " ".join(argv or sys.argv[1:]),
         "machine": f"{platform.machine()}, CPU only",
         "items": {"pope": args.n_pope, "safety": args.n_safety, "describe": args.n_describe},
+        "num_samples": base.num_samples,
         "rows": rows,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
-    undefended = rows[0]["attacks_undefended"] if rows else {}
-    lines = [
-        f"`{result['command']}` ({result['machine']}; {args.n_pope} POPE, {args.n_safety} "
-        f"safety, {args.n_describe} describe items of the test split; N = {base.num_samples}; "
-        "transfer attacks 100 steps + 3 restarts on the undefended model; EOT 40 steps x 8 "
-        "draws through the mode's noise and denoiser)",
-        "",
-        f"Undefended: POPE {100 * rows[0]['pope_undefended']:.1f}%, ASR "
-        + ", ".join(f"{k} {100 * v:.1f}%" for k, v in undefended.items())
-        + "."
-        if rows
-        else "",
-        "",
-        *table(rows),
-        "",
-        *(f"- {r['description']} ({r['seconds']} s)" for r in rows),
-    ]
-    (args.out / "results.md").write_text("\n".join(lines) + "\n")
+    (args.out / "results.md").write_text(report(result))
     return 0
 
 
