@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from smoothguard.synthetic.synthpope import generate_split
@@ -69,21 +70,64 @@ def _assert_served_equals_in_process(served: Any, denoiser: Path, prompts: list[
             assert (answer.text, answer.agreement) == (local.text, pytest.approx(local.agreement))
 
 
+def _assert_certificate_equals_in_process(served: Any, denoiser: Path) -> Any:
+    """A seeded CERTIFY request draws its 1 + n0 + n copies through the denoise step: its
+    certificate equals the in-process pipeline's with the same denoiser."""
+    from smoothguard.adapters.denoise_copies import CopyDenoiser
+    from smoothguard.adapters.mllm import VisionLanguageModel
+    from smoothguard.core.certify import certify, pixel_radius_scale
+    from smoothguard.core.pipeline import SmoothGuard
+    from smoothguard.core.settings import DefenseSettings, resolve_options
+
+    settings = DefenseSettings.from_profile(served.profile["defense"])
+    vlm = VisionLanguageModel.load(REPO_ROOT / "models" / "synthvlm")
+    guard = SmoothGuard(
+        lambda copies, prompt, tokens: vlm.generate(copies, prompt, max_new_tokens=tokens),
+        lambda texts: np.zeros((len(texts), 1), np.float32),  # CERTIFY votes by class
+        image_mean=vlm.image_mean,
+        image_std=vlm.image_std,
+        settings=settings,
+        denoise=CopyDenoiser.load(denoiser, vlm.image_mean, vlm.image_std),
+    )
+    scene = generate_split("test", 1)[0]
+    prompt = pope_prompt(*scene.objects[0])
+    with SmoothGuardClient(served.grpc_url, timeout_s=300) as client:
+        answer = client.ask(
+            scene.image, prompt, certify=True, sigma=SIGMA, seed=7, return_candidates=True
+        )
+    options = resolve_options(settings, certify=True, sigma=SIGMA, seed=7)
+    local = guard.certify(vlm.preprocess([scene.image]).numpy()[0], prompt, options, batch=32)
+    n0 = settings.certify_selection_draws
+    assert local == certify(
+        answer.candidates[1 : 1 + n0],
+        answer.candidates[1 + n0 :],
+        sigma=SIGMA * pixel_radius_scale(settings.noise_unit, vlm.image_std),
+        alpha=settings.certify_alpha,
+    )
+    assert answer.certified == local.certified
+    return local
+
+
 def test_seeded_answers_equal_the_in_process_pipeline_with_the_denoiser(served: Any) -> None:
     _assert_served_equals_in_process(served, DENOISER, ["{object}", "Describe the image."])
+    _assert_certificate_equals_in_process(served, DENOISER)
 
 
 def test_a_diffusers_ddpm_folder_serves_as_the_denoise_step(
     start_triton: Callable[..., Any], tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    """Any local checkpoint with the denoiser interface replaces ours: a (tiny, random)
-    diffusers UNet with its DDPM schedule, loaded by the served step as in process."""
+    """Any local checkpoint with the denoiser interface replaces ours: a tiny diffusers UNet
+    with its DDPM schedule, loaded by the served step as in process. Its output is zeroed and
+    it predicts the sample, so it turns every noisy copy grey: a served step that skipped it
+    would answer (and certify) the scene's object, not the grey copies."""
     from ddpm_folder import make_folder
 
-    folder = make_folder(tmp_path_factory.mktemp("ddpm"))
+    folder = make_folder(tmp_path_factory.mktemp("ddpm"), prediction_type="sample", zero_out=True)
     running = _serve(start_triton, folder, tmp_path_factory.mktemp("triton-ddpm"))
     try:
-        _assert_served_equals_in_process(running, folder, ["{object}"])
+        _assert_served_equals_in_process(running, folder, ["{object}", "Describe the image."])
+        # the scene holds the object; only the grey copies say "no"
+        assert _assert_certificate_equals_in_process(running, folder).label == "no"
     finally:
         running.server.stop()
 
