@@ -42,9 +42,9 @@ def mllm_rows(client: grpcclient.InferenceServerClient) -> int:
     return sum(int(m.get("inference_count", 0)) for m in stats["model_stats"])
 
 
-def kinds(url: str, image: np.ndarray, prompt: str) -> dict[str, Callable[[], Any]]:
-    guard = SmoothGuardClient(url, timeout_s=300)
-    bare = grpcclient.InferenceServerClient(url)
+def kinds(
+    guard: SmoothGuardClient, bare: grpcclient.InferenceServerClient, image: np.ndarray, prompt: str
+) -> dict[str, Callable[[], Any]]:
     inputs = [grpcclient.InferInput("IMAGE", [1, *image.shape], "UINT8")]
     inputs[0].set_data_from_numpy(image[None])
     text = grpcclient.InferInput("PROMPT", [1, 1], "BYTES")
@@ -60,20 +60,21 @@ def kinds(url: str, image: np.ndarray, prompt: str) -> dict[str, Callable[[], An
 def measure(url: str, calls: int) -> list[dict[str, Any]]:
     scene = generate_split("test", 1)[0]
     prompt = pope_prompt(*scene.objects[0])
-    stats = grpcclient.InferenceServerClient(url)
-    runs = kinds(url, scene.image, prompt)
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    rows: dict[str, int] = dict.fromkeys(runs, 0)
-    for run in runs.values():  # warm
-        run()
-    for i in range(calls):
-        order = list(runs.items())
-        for name, run in order if i % 2 else order[::-1]:
-            before = mllm_rows(stats)
-            start = time.perf_counter()
+    bare = grpcclient.InferenceServerClient(url)  # the bare calls and Triton's statistics
+    with SmoothGuardClient(url, timeout_s=300) as guard:
+        runs = kinds(guard, bare, scene.image, prompt)
+        times: dict[str, list[float]] = {name: [] for name in runs}
+        rows: dict[str, int] = dict.fromkeys(runs, 0)
+        for run in runs.values():  # warm
             run()
-            times[name].append(time.perf_counter() - start)
-            rows[name] += mllm_rows(stats) - before
+        for i in range(calls):
+            order = list(runs.items())
+            for name, run in order if i % 2 else order[::-1]:
+                before = mllm_rows(bare)
+                start = time.perf_counter()
+                run()
+                times[name].append(time.perf_counter() - start)
+                rows[name] += mllm_rows(bare) - before
     return [
         {
             "request": name,

@@ -62,7 +62,6 @@ def test_answer_loss_counts_only_answer_tokens() -> None:
 
 
 def test_training_is_deterministic_under_its_seed(tmp_path: Path) -> None:
-
     weights = []
     for run in ("a", "b"):
         record = train(tmp_path / run, TINY, log=lambda _: None)
@@ -81,7 +80,6 @@ def test_stage_2_leaves_the_frozen_tower_as_stage_1_made_it(tmp_path: Path) -> N
     """vision_lr_scale 0 (the shipped recipe): stage 2 changes neither the tower's weights nor
     its batch-norm statistics, and does change the language model; a positive scale trains
     the tower too."""
-
     assert TrainConfig().vision_lr_scale == 0
     saved = {}
     for name, config in {
