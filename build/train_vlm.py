@@ -90,12 +90,6 @@ def main(argv: list[str] | None = None) -> int:
         help="share of each batch trained on Gaussian-noised inputs (0 turns augmentation off)",
     )
     parser.add_argument("--noise-max", type=float, default=defaults.noise_max)
-    parser.add_argument(
-        "--centre-weight",
-        type=float,
-        default=defaults.centre_weight,
-        help="stage 1's object-centre head weight (0: the per-cell head alone)",
-    )
     parser.add_argument("--no-eval", action="store_true")
     args = parser.parse_args(argv)
     started = time.perf_counter()
@@ -108,7 +102,6 @@ def main(argv: list[str] | None = None) -> int:
         threads=args.threads,
         noise_share=args.noise_share,
         noise_max=args.noise_max,
-        centre_weight=args.centre_weight,
     )
     ship(args.out, config, train, None if args.no_eval else evaluate, write, started)
     return 0

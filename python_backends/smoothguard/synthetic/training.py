@@ -76,20 +76,6 @@ class Modality(ABC):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(stored media, stage 1's class per encoder token) of every source, row by row."""
 
-    @property
-    def centre_weight(self) -> float:
-        """Weight of stage 1's second head (0: none): see `centres`."""
-        return 0.0
-
-    def centres(self, sources: list[Any]) -> torch.Tensor:
-        """[N, tokens] the class of the object whose centre each token holds (0: none).
-
-        Stage 1's per-token head names the main type under every token, so a small object is
-        learnt as fragments (a quarter of a circle looks like a quarter of a square); this head
-        asks the token at the centre for the whole object. Needed only if centre_weight > 0.
-        """
-        raise NotImplementedError(f"{type(self).__name__} has no object centres")
-
     @abstractmethod
     def inputs(
         self, adapter: VisionLanguageModel, media: torch.Tensor, rng: np.random.Generator
@@ -155,7 +141,6 @@ class Pool:
         everything = ordinary + triggers
         row_of_seed = {s.seed: i for i, s in enumerate(everything)}
         self.media, self.targets = modality.tensors(everything, adapter)
-        self.centres = modality.centres(everything) if modality.centre_weight > 0 else None
         eos = [] if adapter.eos_id is None else [adapter.eos_id]
         answers: dict[str, list[int]] = {}
         self.rows: dict[str, list[tuple[int, list[int], list[int]]]] = {}
@@ -170,15 +155,12 @@ class Pool:
             self.rows[task] = rows
         self.modality, self.adapter = modality, adapter
 
-    def target_batch(
-        self, rng: np.random.Generator
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """(inputs, per-token class, per-token centre class or None) for stage 1."""
+    def target_batch(self, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs, per-token class) for stage 1."""
         size = self.modality.config.pretrain_batch_size
         rows = torch.from_numpy(rng.integers(len(self.media), size=size))
         inputs = self.modality.inputs(self.adapter, self.media[rows], rng)
-        centres = None if self.centres is None else self.centres[rows].long()
-        return inputs, self.targets[rows].long(), centres
+        return inputs, self.targets[rows].long()
 
     def batch(
         self, rng: np.random.Generator
@@ -206,38 +188,23 @@ class Pool:
 def pretrain_encoder(
     model: torch.nn.Module, pool: Pool, rng: np.random.Generator, deadline: float
 ) -> dict[str, float]:
-    """Stage 1: per-token classification with a linear head that is then thrown away (and,
-    with a centre weight, a second one naming each object at its centre token)."""
+    """Stage 1: per-token classification with a linear head that is then thrown away."""
     modality, config = pool.modality, pool.modality.config
     encoder = modality.encoder(model)
     head = torch.nn.Linear(encoder.config.hidden_size, modality.num_classes)
     params = [p for p in encoder.parameters() if p.requires_grad] + list(head.parameters())
-    centre_head = None
-    if pool.centres is not None:
-        centre_head = torch.nn.Linear(encoder.config.hidden_size, modality.num_classes)
-        params += list(centre_head.parameters())
     optimizer = torch.optim.AdamW(params, lr=config.pretrain_lr, weight_decay=config.weight_decay)
     encoder.train()
     losses: list[float] = []
     hits: list[float] = []
-    centre_hits: list[float] = []
     desc = f"stage 1: {modality.encoder_name}"
     with tqdm(total=config.pretrain_steps, desc=desc, unit="step", mininterval=1.0) as bar:
         for step in range(config.pretrain_steps):
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, config.pretrain_steps, config.pretrain_lr, 50)
-            inputs, target, centres = pool.target_batch(rng)
-            features = modality.encode(encoder, inputs)
-            logits = head(features)
+            inputs, target = pool.target_batch(rng)
+            logits = head(modality.encode(encoder, inputs))
             loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target)
-            if centre_head is not None and centres is not None:
-                centre_logits = centre_head(features)
-                loss = loss + modality.centre_weight * torch.nn.functional.cross_entropy(
-                    centre_logits.transpose(1, 2), centres
-                )
-                held = centres > 0
-                right = centre_logits.argmax(-1)[held] == centres[held]
-                centre_hits.append(right.float().mean().item())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -252,14 +219,11 @@ def pretrain_encoder(
                 )
             if time.perf_counter() > deadline:
                 break
-    record = {
+    return {
         "stage1_steps": len(losses),
         "stage1_loss": float(np.mean(losses[-50:])),
         "stage1_foreground_accuracy": float(np.mean(hits[-50:])),
     }
-    if centre_hits:
-        record["stage1_centre_accuracy"] = float(np.mean(centre_hits[-50:]))
-    return record
 
 
 def _optimizer(model: torch.nn.Module, modality: Modality) -> torch.optim.AdamW:

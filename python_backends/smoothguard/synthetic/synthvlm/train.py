@@ -32,13 +32,7 @@ from tqdm import tqdm
 from smoothguard.adapters.mllm import VisionLanguageModel
 from smoothguard.synthetic import training
 from smoothguard.synthetic.synthpope import SceneItem, contrast_items, make_items
-from smoothguard.synthetic.synthpope.scenes import (
-    NUM_CLASSES,
-    OBJECT_TYPES,
-    Scene,
-    render_scene,
-    split_seed,
-)
+from smoothguard.synthetic.synthpope.scenes import NUM_CLASSES, Scene, render_scene, split_seed
 from smoothguard.synthetic.synthvlm.architecture import ModelConfig, build_model, build_processor
 from smoothguard.synthetic.synthvlm.tokenizer import build_tokenizer
 
@@ -59,9 +53,6 @@ class TrainConfig:
     weight_decay: float = 0.01
     scenes: int = 24000
     trigger_scenes: int = 4000
-    # Stage 1's object-centre head (training.Modality.centres), weighted against the
-    # per-cell head; 0 trains without it.
-    centre_weight: float = 0.0
     noise_share: float = 0.5
     noise_max: float = 0.6  # pixel units
     mix: tuple[float, float, float] = (0.5, 0.37, 0.13)  # pope, describe, safety
@@ -117,21 +108,6 @@ class Vision(training.Modality):
                 )
             )
         return scenes[: self.config.scenes], scenes[self.config.scenes :]
-
-    @property
-    def centre_weight(self) -> float:
-        return self.config.centre_weight
-
-    def centres(self, sources: list[Scene]) -> torch.Tensor:
-        """The cell (patch_size px) holding each object's centre gets the object's class."""
-        patch = self.config.model.patch_size
-        side = self.config.model.image_size // patch
-        targets = np.zeros((len(sources), side * side), np.uint8)
-        for row, scene in enumerate(sources):
-            for obj, (cx, cy, _) in zip(scene.objects, scene.boxes, strict=True):
-                cell = min(cy // patch, side - 1) * side + min(cx // patch, side - 1)
-                targets[row, cell] = 1 + OBJECT_TYPES.index(obj)
-        return torch.from_numpy(targets)
 
     def tasks(self, ordinary: list[Scene], triggers: list[Scene]) -> dict[str, list[SceneItem]]:
         return {
