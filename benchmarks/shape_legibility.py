@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import sys
 import time
@@ -167,13 +168,13 @@ def centre_tokens(
             hidden = tower((pixels - mean) / std).last_hidden_state
             features.append(hidden.flatten(2).transpose(1, 2))
     tokens = torch.cat(features)
-    side = tokens.shape[1] ** 0.5
+    side = math.isqrt(tokens.shape[1])  # tokens per row of the square feature map
     cell = vlm.image_size[0] / side
     rows, types, radii = [], [], []
     for i, scene in enumerate(batch):
         for obj, (cx, cy, radius) in zip(scene.objects, scene.boxes, strict=True):
-            col, row = min(int(cx // cell), int(side) - 1), min(int(cy // cell), int(side) - 1)
-            rows.append(tokens[i, row * int(side) + col])
+            col, row = min(int(cx // cell), side - 1), min(int(cy // cell), side - 1)
+            rows.append(tokens[i, row * side + col])
             types.append(OBJECT_TYPES.index(obj))
             radii.append(radius)
     return torch.stack(rows), torch.tensor(types), np.array(radii)
