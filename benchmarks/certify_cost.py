@@ -11,7 +11,6 @@ of N; users choosing it need the price in milliseconds, not only in rows.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import sys
@@ -28,6 +27,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "build"))
 
 from render import render  # noqa: E402
+from smoothguard.evaluation.report import write_results  # noqa: E402
 from smoothguard.serving.server import ServerPorts, TritonServer  # noqa: E402
 from smoothguard.synthetic.synthpope import generate_split  # noqa: E402
 from smoothguard.synthetic.synthpope.questions import pope_prompt  # noqa: E402
@@ -105,7 +105,6 @@ def main(argv: list[str] | None = None) -> int:
         "sigma_pixel": SIGMA,
         "rows": rows,
     }
-    (args.out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [
         f"`{result['command']}` ({result['machine']}; cpu profile, pixel sigma {SIGMA}, one "
         "SynthPOPE yes/no question, concurrency 1, kinds alternating call by call)",
@@ -117,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             for r in rows
         ),
     ]
-    (args.out / "results.md").write_text("\n".join(lines) + "\n")
+    write_results(args.out, result, "\n".join(lines) + "\n")
     return 0
 
 

@@ -20,7 +20,6 @@ three things on the same test objects, clean and under the defense's pixel noise
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import re
 import sys
@@ -35,6 +34,7 @@ from torch import nn
 from tqdm import tqdm
 
 from smoothguard.adapters.mllm import VisionLanguageModel
+from smoothguard.evaluation.report import write_results
 from smoothguard.synthetic.synthpope import load_benchmark
 from smoothguard.synthetic.synthpope.scenes import (
     COLOURS,
@@ -360,11 +360,8 @@ def main(argv: list[str] | None = None) -> int:
         "descriptions": description_errors(vlm, args.descriptions),
     }
     result["seconds"] = time.perf_counter() - started
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "results.md").write_text(markdown(result))
+    write_results(args.out, result, markdown(result))
     plot(result, args.out / "legibility.png")
-    print(markdown(result))
     return 0
 
 
