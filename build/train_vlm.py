@@ -83,6 +83,13 @@ def main(argv: list[str] | None = None) -> int:
         help="wall-clock guard for the training loop",
     )
     parser.add_argument("--threads", type=int, default=defaults.threads)
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument(
+        "--turns",
+        type=int,
+        default=defaults.turns,
+        help="stage 2: questions packed per image row (batch-size rows of up to this many)",
+    )
     parser.add_argument(
         "--noise-share",
         type=float,
@@ -100,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         pretrain_steps=args.pretrain_steps,
         max_minutes=args.minutes,
         threads=args.threads,
+        batch_size=args.batch_size,
+        turns=args.turns,
         noise_share=args.noise_share,
         noise_max=args.noise_max,
     )

@@ -20,9 +20,9 @@ from __future__ import annotations
 import math
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -40,8 +40,9 @@ class Modality(ABC):
     """What one model family brings to the recipe: its data, its encoder, its forward call.
 
     `config` is the model's own TrainConfig (its field names are recorded in training.json);
-    the loop reads seed, threads, max_minutes, mix, weight_decay and the two stages' steps,
-    batch sizes and learning rates from it, the hooks whatever else they need.
+    the loop reads seed, threads, max_minutes, mix, weight_decay, the two stages' steps,
+    batch sizes and learning rates, and `turns` if it has one (questions packed per image row,
+    Pool.batch) from it, the hooks whatever else they need.
     """
 
     num_classes: int  # stage 1's classes: background, the object or event types, the trigger
@@ -97,7 +98,10 @@ class Modality(ABC):
         inputs: torch.Tensor,
         ids: torch.Tensor,
         mask: torch.Tensor,
-    ) -> torch.Tensor: ...
+        position_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Next-token logits; `mask` is [B, T] padding, or [B, 1, T, T] with `position_ids` for
+        packed rows (Batch)."""
 
 
 def main_class(blocks: np.ndarray, num_classes: int, min_share: float) -> np.ndarray:
@@ -125,12 +129,62 @@ def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
 
 
 def answer_loss(logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy on answer tokens only, each row weighted (see Pool.batch)."""
+    """Cross-entropy on answer tokens only: `weight` is per row ([B], the mean over rows) or,
+    for packed rows, per token ([B, T], already normalised: the loss is the weighted sum)."""
     targets = labels[:, 1:]
     per_token = torch.nn.functional.cross_entropy(
         logits[:, :-1].transpose(1, 2), targets, ignore_index=-100, reduction="none"
     )
+    if weight.ndim == 2:
+        return (per_token * weight[:, 1:]).sum()
     return (per_token.sum(dim=1) * weight).sum() / weight.shape[0]
+
+
+class Batch(NamedTuple):
+    """One stage-2 step's rows. `position_ids` is None for one question per row (a 2-D padding
+    mask); packed rows carry their own positions and a 4-D additive attention mask."""
+
+    inputs: torch.Tensor
+    ids: torch.Tensor
+    mask: torch.Tensor
+    position_ids: torch.Tensor | None
+    labels: torch.Tensor
+    weight: torch.Tensor
+
+
+def pack_turns(
+    prefix: Sequence[int], turns: Sequence[tuple[Sequence[int], Sequence[int]]], width: int
+) -> tuple[list[int], list[int], list[int], list[int]]:
+    """One row holding several (prompt suffix, answer) turns after a shared prefix (the image).
+
+    Returns (ids, positions, segment, labels) of length `width`: segment 0 is the prefix, j the
+    j-th turn, -1 padding. Each turn's positions continue the prefix's as if it stood alone, and
+    `segment_mask` lets it see only the prefix and itself, so the model computes for each turn
+    exactly what it computes for that question alone, while the image's tokens (most of a row)
+    are paid for once.
+    """
+    ids, positions, segment = list(prefix), list(range(len(prefix))), [0] * len(prefix)
+    labels = [-100] * len(prefix)
+    for j, (suffix, answer) in enumerate(turns, start=1):
+        ids += [*suffix, *answer]
+        positions += range(len(prefix), len(prefix) + len(suffix) + len(answer))
+        segment += [j] * (len(suffix) + len(answer))
+        labels += [-100] * len(suffix) + list(answer)
+    pad = width - len(ids)
+    if pad < 0:
+        raise ValueError(f"packed row of {len(ids)} tokens is wider than {width}")
+    return ids + [0] * pad, positions + [0] * pad, segment + [-1] * pad, labels + [-100] * pad
+
+
+def segment_mask(segment: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """[B, T] segments (pack_turns) -> [B, 1, T, T] additive mask: causal, and a turn sees the
+    prefix and itself only (padding sees padding and the prefix; its outputs are never read)."""
+    width = segment.shape[1]
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    same = segment[:, :, None] == segment[:, None, :]
+    allowed = causal & (same | (segment == 0)[:, None, :])
+    mask = torch.zeros(allowed.shape, dtype=dtype)
+    return mask.masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
 
 
 class Pool:
@@ -153,6 +207,13 @@ class Pool:
                 prompt = list(adapter.prompt_ids(item.prompt))
                 rows.append((row_of_seed[item.source_seed], prompt, answers[item.answer]))
             self.rows[task] = rows
+        # Per task, the rows of each source: the other questions about an anchor's image.
+        self.of_source: dict[str, dict[int, list[int]]] = {}
+        for task, rows in self.rows.items():
+            index: dict[int, list[int]] = {}
+            for k, row in enumerate(rows):
+                index.setdefault(row[0], []).append(k)
+            self.of_source[task] = index
         self.modality, self.adapter = modality, adapter
 
     def target_batch(self, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -162,27 +223,87 @@ class Pool:
         inputs = self.modality.inputs(self.adapter, self.media[rows], rng)
         return inputs, self.targets[rows].long()
 
-    def batch(
-        self, rng: np.random.Generator
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(inputs, input_ids, attention_mask, labels, per-row loss weight)."""
+    def batch(self, rng: np.random.Generator) -> Batch:
+        """One stage-2 step: `batch_size` questions by the task mix, or, with `turns` > 1,
+        `batch_size` images each asked up to `turns` of its questions in one packed row."""
         config = self.modality.config
         counts = rng.multinomial(config.batch_size, config.mix)
         picked = []
         for task, count in zip(TASKS, counts, strict=True):
             rows = self.rows[task]
-            picked += [rows[k] for k in rng.integers(len(rows), size=count)]
-        media = self.media[torch.tensor([p[0] for p in picked])]
+            picked += [(task, k) for k in rng.integers(len(rows), size=count)]
+        if getattr(config, "turns", 1) > 1:
+            return self.packed([self.questions(task, k, rng) for task, k in picked], rng)
+        rows = [self.rows[task][k] for task, k in picked]
+        media = self.media[torch.tensor([p[0] for p in rows])]
         inputs = self.modality.inputs(self.adapter, media, rng)
-        ids, mask = self.adapter.left_pad([p[1] + p[2] for p in picked])
+        ids, mask = self.adapter.left_pad([p[1] + p[2] for p in rows])
         labels = torch.full_like(ids, -100)
         width = ids.shape[1]
-        for i, (_, _, answer) in enumerate(picked):
+        for i, (_, _, answer) in enumerate(rows):
             labels[i, width - len(answer) :] = torch.tensor(answer)
         # Each answer counts once, however many tokens it has: a yes/no is one decisive token
         # and would otherwise be drowned by the descriptions' many easy ones.
-        weight = torch.tensor([1.0 / len(p[2]) for p in picked])
-        return inputs, ids, mask, labels, weight
+        weight = torch.tensor([1.0 / len(p[2]) for p in rows])
+        return Batch(inputs, ids, mask, None, labels, weight)
+
+    def questions(
+        self, task: str, k: int, rng: np.random.Generator
+    ) -> list[tuple[int, list[int], list[int]]]:
+        """The anchor question and up to `turns` - 1 others about its image, each drawn by the
+        task mix from that image's questions not asked yet (any task when its task has none)."""
+        config = self.modality.config
+        source = self.rows[task][k][0]
+        used = {(task, k)}
+        for other in rng.choice(len(TASKS), size=config.turns - 1, p=config.mix):
+            free = [(TASKS[other], j) for j in self.of_source[TASKS[other]].get(source, [])]
+            free = [f for f in free if f not in used] or [
+                (t, j)
+                for t in TASKS
+                for j in self.of_source[t].get(source, [])
+                if (t, j) not in used
+            ]
+            if not free:
+                break
+            used.add(free[int(rng.integers(len(free)))])
+        ordered = [(task, k), *sorted(used - {(task, k)})]
+        return [self.rows[t][j] for t, j in ordered]
+
+    def packed(
+        self, packs: list[list[tuple[int, list[int], list[int]]]], rng: np.random.Generator
+    ) -> Batch:
+        """One row per pack (questions about one source): the prompts' common head (the
+        template and the image's tokens) once, then each question and its answer (pack_turns)."""
+        media = self.media[torch.tensor([pack[0][0] for pack in packs])]
+        inputs = self.modality.inputs(self.adapter, media, rng)
+        shaped = []
+        for pack in packs:
+            prompts = [prompt for _, prompt, _ in pack]
+            common = 0
+            while all(len(q) > common and q[common] == prompts[0][common] for q in prompts):
+                common += 1
+            # every prompt must still have its own tail (the answer is asked after it)
+            common = min(common, *(len(q) - 1 for q in prompts))
+            shaped.append(
+                (
+                    prompts[0][:common],
+                    [(q[common:], a) for q, (_, _, a) in zip(prompts, pack, strict=True)],
+                )
+            )
+        width = max(len(pre) + sum(len(q) + len(a) for q, a in turns) for pre, turns in shaped)
+        ids, positions, segments, labels = zip(
+            *(pack_turns(pre, turns, width) for pre, turns in shaped), strict=True
+        )
+        segment = torch.tensor(segments)
+        label = torch.tensor(labels)
+        # Each answer counts once (as unpacked rows), and the step is the mean over questions.
+        weight = torch.zeros(label.shape)
+        questions = sum(len(turns) for _, turns in shaped)
+        for i, (_, turns) in enumerate(shaped):
+            for j, (_, answer) in enumerate(turns, start=1):
+                weight[i][(segment[i] == j) & (label[i] != -100)] = 1.0 / (len(answer) * questions)
+        tokens = torch.tensor(ids).masked_fill(segment < 0, self.adapter.pad_id)
+        return Batch(inputs, tokens, segment_mask(segment), torch.tensor(positions), label, weight)
 
 
 def pretrain_encoder(
@@ -250,6 +371,51 @@ def _optimizer(model: torch.nn.Module, modality: Modality) -> torch.optim.AdamW:
     )
 
 
+def train_answers(
+    model: torch.nn.Module,
+    pool: Pool,
+    rng: np.random.Generator,
+    deadline: float,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    """Stage 2: the answers, with stage 1's encoder frozen or at its learning-rate scale."""
+    modality, config = pool.modality, pool.modality.config
+    if modality.encoder_lr_scale == 0:
+        # A frozen encoder keeps stage 1's features and its batch-norm statistics, and costs
+        # no backward pass: stage 2's budget goes to the language model.
+        modality.encoder(model).requires_grad_(False).eval()
+    optimizer = _optimizer(model, modality)
+    losses: list[float] = []
+    stopped_early = False
+    desc = f"stage 2: {modality.model_name}"
+    with tqdm(total=config.steps, desc=desc, unit="step", mininterval=1.0) as bar:
+        for step in range(config.steps):
+            for group in optimizer.param_groups:
+                group["lr"] = group["scale"] * lr_at(step, config.steps, config.lr, config.warmup)
+            batch = pool.batch(rng)
+            logits = modality.logits(
+                model, pool.adapter, batch.inputs, batch.ids, batch.mask, batch.position_ids
+            )
+            loss = answer_loss(logits, batch.labels, batch.weight)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            losses.append(loss.item())
+            bar.update(1)
+            if step % 25 == 0:
+                bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+            if time.perf_counter() > deadline:
+                stopped_early = True
+                log(f"time budget reached after {step + 1} steps: stopping early")
+                break
+    return {
+        "steps": len(losses),
+        "stopped_early": stopped_early,
+        "final_loss": float(np.mean(losses[-100:])),
+    }
+
+
 def train(out: Path, modality: Modality, log: Callable[[str], None]) -> dict[str, object]:
     """Train and save to `out` (safetensors + processor); returns timing and loss figures."""
     config = modality.config
@@ -267,32 +433,7 @@ def train(out: Path, modality: Modality, log: Callable[[str], None]) -> dict[str
     rng = np.random.default_rng(config.seed)
     deadline = started + 60 * config.max_minutes
     stage1 = pretrain_encoder(model, pool, rng, deadline)
-    if modality.encoder_lr_scale == 0:
-        # A frozen encoder keeps stage 1's features and its batch-norm statistics, and costs
-        # no backward pass: stage 2's budget goes to the language model.
-        modality.encoder(model).requires_grad_(False).eval()
-    optimizer = _optimizer(model, modality)
-    losses: list[float] = []
-    stopped_early = False
-    desc = f"stage 2: {modality.model_name}"
-    with tqdm(total=config.steps, desc=desc, unit="step", mininterval=1.0) as bar:
-        for step in range(config.steps):
-            for group in optimizer.param_groups:
-                group["lr"] = group["scale"] * lr_at(step, config.steps, config.lr, config.warmup)
-            inputs, ids, mask, labels, weight = pool.batch(rng)
-            loss = answer_loss(modality.logits(model, adapter, inputs, ids, mask), labels, weight)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            losses.append(loss.item())
-            bar.update(1)
-            if step % 25 == 0:
-                bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
-            if time.perf_counter() > deadline:
-                stopped_early = True
-                log(f"time budget reached after {step + 1} steps: stopping early")
-                break
+    stage2 = train_answers(model, pool, rng, deadline, log)
     model.eval().requires_grad_(False)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
@@ -301,9 +442,7 @@ def train(out: Path, modality: Modality, log: Callable[[str], None]) -> dict[str
         "train_seconds": round(time.perf_counter() - started, 1),
         "data_seconds": round(data_seconds, 1),
         **stage1,
-        "steps": len(losses),
-        "stopped_early": stopped_early,
-        "final_loss": float(np.mean(losses[-100:])),
+        **stage2,
         "parameters": sum(p.numel() for p in model.parameters()),
     }
 

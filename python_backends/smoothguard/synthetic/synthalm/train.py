@@ -167,11 +167,13 @@ class Audio(training.Modality):
         inputs: torch.Tensor,
         ids: torch.Tensor,
         mask: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         frames = torch.ones((ids.shape[0], adapter.frames), dtype=torch.long)
         return model(
             input_ids=ids,
             attention_mask=mask,
+            position_ids=position_ids,
             input_features=inputs,
             feature_attention_mask=frames,
         ).logits

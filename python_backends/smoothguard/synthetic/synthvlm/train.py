@@ -56,6 +56,9 @@ class TrainConfig:
     noise_share: float = 0.5
     noise_max: float = 0.6  # pixel units
     mix: tuple[float, float, float] = (0.5, 0.37, 0.13)  # pope, describe, safety
+    # Questions per image row in stage 2 (training.Pool.batch): >1 packs that many questions
+    # about one image into a row, its 64 image tokens paid for once.
+    turns: int = 1
     max_minutes: float = 29.0
     threads: int = 2
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -150,8 +153,11 @@ class Vision(training.Modality):
         inputs: torch.Tensor,
         ids: torch.Tensor,
         mask: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        return model(input_ids=ids, attention_mask=mask, pixel_values=inputs).logits
+        return model(
+            input_ids=ids, attention_mask=mask, position_ids=position_ids, pixel_values=inputs
+        ).logits
 
 
 def train(
