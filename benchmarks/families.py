@@ -30,6 +30,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "build"))
 
 from render import render  # noqa: E402
+from smoothguard.evaluation.report import write_results  # noqa: E402
 from smoothguard.serving.server import ServerPorts, TritonServer  # noqa: E402
 from smoothguard.serving.watchdog import live_stubs  # noqa: E402
 from smoothguard.synthetic.families import FAMILIES, SERVE_IMAGE_SIZE, build_checkpoint  # noqa: E402
@@ -123,7 +124,6 @@ def main(argv: list[str] | None = None) -> int:
         "num_samples": SAMPLES,
         "rows": rows,
     }
-    (args.out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [
         f"`{result['command']}` ({result['machine']}; smoothguard N = {SAMPLES}, every answer "
         f"at most {TOKENS} new tokens, concurrency 1, {args.calls} timed calls each)",
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
             for r in rows
         ),
     ]
-    (args.out / "results.md").write_text("\n".join(lines) + "\n")
+    write_results(args.out, result, "\n".join(lines) + "\n")
     return 0
 
 

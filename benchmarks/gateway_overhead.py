@@ -10,7 +10,6 @@ price of the checks that keep a tiny hostile request from killing a stub or the 
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import re
 import statistics
@@ -27,6 +26,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "build"))
 
 from render import render  # noqa: E402
+from smoothguard.evaluation.report import write_results  # noqa: E402
 from smoothguard.serving.server import ServerPorts, TritonServer  # noqa: E402
 from smoothguard.synthetic.synthpope import generate_split  # noqa: E402
 
@@ -104,7 +104,6 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}",
         "rows": rows,
     }
-    (args.out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [
         f"`{result['command']}`",
         "",
@@ -115,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             for r in rows
         ),
     ]
-    (args.out / "results.md").write_text("\n".join(lines) + "\n")
+    write_results(args.out, result, "\n".join(lines) + "\n")
     return 0
 
 

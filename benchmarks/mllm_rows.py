@@ -12,7 +12,6 @@ setting in benchmarks/serving_bench.py), 8 new tokens, noisy copies of SynthPOPE
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
@@ -29,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from smoothguard.adapters.mllm import VisionLanguageModel
     from smoothguard.core.noise import make_rng, noisy_copies
+    from smoothguard.evaluation.report import write_results
     from smoothguard.synthetic.synthpope import generate_split
     from smoothguard.synthetic.synthpope.questions import pope_prompt
 
@@ -78,9 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         p50 = [results["p50_ms"][f"{threads} thread(s), {r} row(s)"] for r in rows_of]
         cells = " | ".join(f"{v:.1f}" for v in p50)
         lines.append(f"| {threads} | {cells} | {p50[-1] / p50[0]:.2f}x |")
-    (args.out / "results.json").write_text(json.dumps(results, indent=2))
-    (args.out / "results.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(args.out, results, "\n".join(lines) + "\n")
     return 0
 
 
