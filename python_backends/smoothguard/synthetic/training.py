@@ -316,6 +316,7 @@ def pretrain_encoder(
     params = [p for p in encoder.parameters() if p.requires_grad] + list(head.parameters())
     optimizer = torch.optim.AdamW(params, lr=config.pretrain_lr, weight_decay=config.weight_decay)
     encoder.train()
+    started = time.perf_counter()
     losses: list[float] = []
     hits: list[float] = []
     desc = f"stage 1: {modality.encoder_name}"
@@ -344,6 +345,7 @@ def pretrain_encoder(
         "stage1_steps": len(losses),
         "stage1_loss": float(np.mean(losses[-50:])),
         "stage1_foreground_accuracy": float(np.mean(hits[-50:])),
+        "stage1_seconds": round(time.perf_counter() - started, 1),
     }
 
 
@@ -385,6 +387,7 @@ def train_answers(
         # no backward pass: stage 2's budget goes to the language model.
         modality.encoder(model).requires_grad_(False).eval()
     optimizer = _optimizer(model, modality)
+    started = time.perf_counter()
     losses: list[float] = []
     stopped_early = False
     desc = f"stage 2: {modality.model_name}"
@@ -413,6 +416,7 @@ def train_answers(
         "steps": len(losses),
         "stopped_early": stopped_early,
         "final_loss": float(np.mean(losses[-100:])),
+        "stage2_seconds": round(time.perf_counter() - started, 1),
     }
 
 
