@@ -11,8 +11,6 @@ run ends by its step count (it says so if the --minutes guard stopped it first).
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -21,7 +19,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "python_backends"))
 sys.path.insert(0, str(REPO_ROOT / "build"))
 
-from train_vlm import ship  # noqa: E402
+from train_vlm import recipe_config, recipe_parser, ship  # noqa: E402
 
 from smoothguard.synthetic.synthalm.evaluate import evaluate, write  # noqa: E402
 from smoothguard.synthetic.synthalm.train import TrainConfig, train  # noqa: E402
@@ -29,47 +27,17 @@ from smoothguard.synthetic.synthalm.train import TrainConfig, train  # noqa: E40
 
 def main(argv: list[str] | None = None) -> int:
     defaults = TrainConfig()
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "models" / "synthalm")
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--steps", type=int, default=defaults.steps)
-    parser.add_argument("--pretrain-steps", type=int, default=defaults.pretrain_steps)
+    parser = recipe_parser(__doc__.split("\n\n")[0], defaults, REPO_ROOT / "models" / "synthalm")
     parser.add_argument("--clips", type=int, default=defaults.clips)
-    parser.add_argument(
-        "--minutes",
-        type=float,
-        default=defaults.max_minutes,
-        help="wall-clock guard for the training loop",
-    )
-    parser.add_argument("--threads", type=int, default=defaults.threads)
-    parser.add_argument(
-        "--noise-share",
-        type=float,
-        default=defaults.noise_share,
-        help="share of each batch trained on noisy clips (0 turns augmentation off)",
-    )
-    parser.add_argument("--noise-max", type=float, default=defaults.noise_max)
     parser.add_argument(
         "--near-miss-pairs",
         type=int,
         default=defaults.near_miss_pairs,
         help="extra yes/no pairs per clip with a near-miss negative",
     )
-    parser.add_argument("--no-eval", action="store_true")
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    config = dataclasses.replace(
-        defaults,
-        seed=args.seed,
-        steps=args.steps,
-        pretrain_steps=args.pretrain_steps,
-        clips=args.clips,
-        max_minutes=args.minutes,
-        threads=args.threads,
-        noise_share=args.noise_share,
-        noise_max=args.noise_max,
-        near_miss_pairs=args.near_miss_pairs,
-    )
+    config = recipe_config(defaults, args, clips=args.clips, near_miss_pairs=args.near_miss_pairs)
     ship(args.out, config, train, None if args.no_eval else evaluate, write, started)
     return 0
 

@@ -69,13 +69,14 @@ def ship(
     print(json.dumps(record, indent=2))
 
 
-def main(argv: list[str] | None = None) -> int:
-    defaults = TrainConfig()
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "models" / "synthvlm")
+def recipe_parser(description: str, defaults: Any, out: Path) -> argparse.ArgumentParser:
+    """The options both default models' builders share; each adds its own."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--out", type=Path, default=out)
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--steps", type=int, default=defaults.steps)
     parser.add_argument("--pretrain-steps", type=int, default=defaults.pretrain_steps)
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="stage 2")
     parser.add_argument(
         "--minutes",
         type=float,
@@ -83,13 +84,6 @@ def main(argv: list[str] | None = None) -> int:
         help="wall-clock guard for the training loop",
     )
     parser.add_argument("--threads", type=int, default=defaults.threads)
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument(
-        "--turns",
-        type=int,
-        default=defaults.turns,
-        help="stage 2: questions packed per image row (batch-size rows of up to this many)",
-    )
     parser.add_argument(
         "--noise-share",
         type=float,
@@ -98,20 +92,37 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--noise-max", type=float, default=defaults.noise_max)
     parser.add_argument("--no-eval", action="store_true")
-    args = parser.parse_args(argv)
-    started = time.perf_counter()
-    config = dataclasses.replace(
+    return parser
+
+
+def recipe_config(defaults: Any, args: argparse.Namespace, **own: Any) -> Any:
+    """`defaults` with the shared options (recipe_parser) and the builder's `own` applied."""
+    return dataclasses.replace(
         defaults,
         seed=args.seed,
         steps=args.steps,
         pretrain_steps=args.pretrain_steps,
+        batch_size=args.batch_size,
         max_minutes=args.minutes,
         threads=args.threads,
-        batch_size=args.batch_size,
-        turns=args.turns,
         noise_share=args.noise_share,
         noise_max=args.noise_max,
+        **own,
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    defaults = TrainConfig()
+    parser = recipe_parser(__doc__.split("\n\n")[0], defaults, REPO_ROOT / "models" / "synthvlm")
+    parser.add_argument(
+        "--turns",
+        type=int,
+        default=defaults.turns,
+        help="stage 2: questions packed per image row (batch-size rows of up to this many)",
+    )
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    config = recipe_config(defaults, args, turns=args.turns)
     ship(args.out, config, train, None if args.no_eval else evaluate, write, started)
     return 0
 
