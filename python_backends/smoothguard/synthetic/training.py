@@ -247,7 +247,9 @@ class Pool:
         weight = torch.tensor([1.0 / len(p[2]) for p in rows])
         return Batch(inputs, ids, mask, None, labels, weight)
 
-    def questions(self, task: str, k: int, rng: np.random.Generator) -> list[tuple[str, int]]:
+    def questions(
+        self, task: str, k: int, rng: np.random.Generator
+    ) -> list[tuple[int, list[int], list[int]]]:
         """The anchor question and up to `turns` - 1 others about its image, each drawn by the
         task mix from that image's questions not asked yet (any task when its task has none)."""
         config = self.modality.config
@@ -264,16 +266,14 @@ class Pool:
             if not free:
                 break
             used.add(free[int(rng.integers(len(free)))])
-        return [(task, k), *sorted(used - {(task, k)})]
+        ordered = [(task, k), *sorted(used - {(task, k)})]
+        return [self.rows[t][j] for t, j in ordered]
 
-    def packed(self, keys: list[list[tuple[str, int]]], rng: np.random.Generator) -> Batch:
-        """One row per pack of (task, item) keys about one source: the prompts' common head (the
-        template and the image's tokens) once, then each question and its answer (pack_turns).
-
-        An image has one description and one safety prompt, so packs lean to POPE questions;
-        each task's questions share its weight in the mix (each answer still counting once),
-        so the step weighs the tasks as an unpacked one does on average."""
-        packs = [[self.rows[t][j] for t, j in pack] for pack in keys]
+    def packed(
+        self, packs: list[list[tuple[int, list[int], list[int]]]], rng: np.random.Generator
+    ) -> Batch:
+        """One row per pack (questions about one source): the prompts' common head (the
+        template and the image's tokens) once, then each question and its answer (pack_turns)."""
         media = self.media[torch.tensor([pack[0][0] for pack in packs])]
         inputs = self.modality.inputs(self.adapter, media, rng)
         shaped = []
@@ -296,14 +296,12 @@ class Pool:
         )
         segment = torch.tensor(segments)
         label = torch.tensor(labels)
-        asked = [task for pack in keys for task, _ in pack]
-        share = {t: m for t, m in zip(TASKS, self.modality.config.mix, strict=True) if t in asked}
-        total = sum(share.values())
+        # Each answer counts once (as unpacked rows), and the step is the mean over questions.
         weight = torch.zeros(label.shape)
-        for i, (pack, (_, turns)) in enumerate(zip(keys, shaped, strict=True)):
-            for j, ((task, _), (_, answer)) in enumerate(zip(pack, turns, strict=True), start=1):
-                each = share[task] / (total * asked.count(task) * len(answer))
-                weight[i][(segment[i] == j) & (label[i] != -100)] = each
+        questions = sum(len(turns) for _, turns in shaped)
+        for i, (_, turns) in enumerate(shaped):
+            for j, (_, answer) in enumerate(turns, start=1):
+                weight[i][(segment[i] == j) & (label[i] != -100)] = 1.0 / (len(answer) * questions)
         tokens = torch.tensor(ids).masked_fill(segment < 0, self.adapter.pad_id)
         return Batch(inputs, tokens, segment_mask(segment), torch.tensor(positions), label, weight)
 

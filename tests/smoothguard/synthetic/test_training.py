@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 
-from smoothguard.synthetic import training
 from smoothguard.synthetic.synthalm import tokenizer as alm_tokenizer
 from smoothguard.synthetic.synthalm import train as alm_train
 from smoothguard.synthetic.synthvlm import tokenizer as vlm_tokenizer
@@ -99,9 +98,8 @@ def test_segment_mask_lets_a_turn_see_the_prefix_and_itself() -> None:
 
 
 def test_packed_rows_score_each_question_as_if_asked_alone() -> None:
-    """Several questions about one image in a row: each is computed as if asked alone (same
-    noisy image), and the step is the mix-weighted mean of each task's mean loss, so packing
-    changes the cost of a step, not its meaning."""
+    """Several questions about one image in a row: the loss is the mean of each question's own
+    loss asked alone (same noisy image), so packing changes the cost of a step, not its meaning."""
     config = dataclasses.replace(
         vlm_train.TrainConfig(),
         scenes=6,
@@ -116,30 +114,25 @@ def test_packed_rows_score_each_question_as_if_asked_alone() -> None:
     model.eval()
     pool = Pool(vision, adapter)
     rng = np.random.default_rng(0)
-    keys = [pool.questions("pope", 0, rng), pool.questions("describe", 3, rng)]
-    keys.append(pool.questions("safety", len(pool.rows["safety"]) - 1, rng))  # a trigger scene
-    assert [len(k) for k in keys] == [3, 3, 1] and len({key for k in keys for key in k}) == 7
-    for pack in keys:
-        assert len({pool.rows[task][k][0] for task, k in pack}) == 1  # one image per row
-    batch = pool.packed(keys, rng)
+    packs = [pool.questions("pope", 0, rng), pool.questions("describe", 3, rng)]
+    packs.append(pool.questions("safety", len(pool.rows["safety"]) - 1, rng))  # a trigger scene
+    assert [len(p) for p in packs] == [3, 3, 1]
+    for pack in packs:
+        assert len({source for source, _, _ in pack}) == 1 and len({*map(str, pack)}) == len(pack)
+    batch = pool.packed(packs, rng)
     assert batch.weight.sum().item() == pytest.approx(1.0)
-    alone: dict[str, list[float]] = {}
     with torch.no_grad():
         logits = vision.logits(
             model, adapter, batch.inputs, batch.ids, batch.mask, batch.position_ids
         )
         packed = answer_loss(logits, batch.labels, batch.weight).item()
-        for row, pack in enumerate(keys):
-            for task, k in pack:
-                _, prompt, answer = pool.rows[task][k]
+        alone = []
+        for row, pack in enumerate(packs):
+            for _, prompt, answer in pack:
                 ids = torch.tensor([prompt + answer])
                 labels = torch.tensor([[-100] * len(prompt) + answer])
                 one = vision.logits(
                     model, adapter, batch.inputs[row : row + 1], ids, torch.ones_like(ids)
                 )
-                loss = answer_loss(one, labels, torch.tensor([1 / len(answer)])).item()
-                alone.setdefault(task, []).append(loss)
-    mix = dict(zip(training.TASKS, config.mix, strict=True))
-    expected = sum(mix[t] * float(np.mean(v)) for t, v in alone.items()) / sum(mix.values())
-    assert set(alone) == set(training.TASKS)
-    assert packed == pytest.approx(expected, rel=1e-5)
+                alone.append(answer_loss(one, labels, torch.tensor([1 / len(answer)])).item())
+    assert packed == pytest.approx(float(np.mean(alone)), rel=1e-5)
