@@ -69,21 +69,31 @@ def ship(
     print(json.dumps(record, indent=2))
 
 
+def positive_int(text: str) -> int:
+    """argparse type: steps, batch sizes, threads and turns are counts of at least one."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def recipe_parser(description: str, defaults: Any, out: Path) -> argparse.ArgumentParser:
     """The options both default models' builders share; each adds its own."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--out", type=Path, default=out)
     parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--steps", type=int, default=defaults.steps)
-    parser.add_argument("--pretrain-steps", type=int, default=defaults.pretrain_steps)
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="stage 2")
+    parser.add_argument("--steps", type=positive_int, default=defaults.steps)
+    parser.add_argument("--pretrain-steps", type=positive_int, default=defaults.pretrain_steps)
+    parser.add_argument(
+        "--batch-size", type=positive_int, default=defaults.batch_size, help="stage 2"
+    )
     parser.add_argument(
         "--minutes",
         type=float,
         default=defaults.max_minutes,
         help="wall-clock guard for the training loop",
     )
-    parser.add_argument("--threads", type=int, default=defaults.threads)
+    parser.add_argument("--threads", type=positive_int, default=defaults.threads)
     parser.add_argument(
         "--noise-share",
         type=float,
@@ -116,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = recipe_parser(__doc__.split("\n\n")[0], defaults, REPO_ROOT / "models" / "synthvlm")
     parser.add_argument(
         "--turns",
-        type=int,
+        type=positive_int,
         default=defaults.turns,
         help="stage 2: questions packed per image row (batch-size rows of up to this many)",
     )

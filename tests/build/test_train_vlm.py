@@ -1,0 +1,32 @@
+"""The model builders' shared options reject counts below one before any rendering starts."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "build"))
+
+import train_alm  # noqa: E402
+import train_vlm  # noqa: E402
+
+
+@pytest.mark.parametrize(
+    ("main", "option"),
+    [
+        (train_vlm.main, "--turns"),
+        (train_vlm.main, "--batch-size"),
+        (train_vlm.main, "--steps"),
+        (train_alm.main, "--batch-size"),
+        (train_alm.main, "--threads"),
+    ],
+)
+def test_counts_below_one_are_usage_errors(
+    main: object, option: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        main([option, "0"])  # type: ignore[operator]
+    assert stopped.value.code == 2
+    assert "must be at least 1, got 0" in capsys.readouterr().err
