@@ -9,8 +9,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "build"))
 
-import train_alm  # noqa: E402
-import train_vlm  # noqa: E402
+import train_alm
+import train_vlm
 
 
 @pytest.mark.parametrize(
