@@ -77,6 +77,22 @@ def positive_int(text: str) -> int:
     return value
 
 
+def share(text: str) -> float:
+    """argparse type: a share of each batch, in [0, 1]."""
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a noise scale or a time guard, above zero."""
+    value = float(text)
+    if not value > 0:  # also rejects nan
+        raise argparse.ArgumentTypeError(f"must be above 0, got {value}")
+    return value
+
+
 def recipe_parser(description: str, defaults: Any, out: Path) -> argparse.ArgumentParser:
     """The options both default models' builders share; each adds its own."""
     parser = argparse.ArgumentParser(description=description)
@@ -89,18 +105,18 @@ def recipe_parser(description: str, defaults: Any, out: Path) -> argparse.Argume
     )
     parser.add_argument(
         "--minutes",
-        type=float,
+        type=positive_float,
         default=defaults.max_minutes,
         help="wall-clock guard for the training loop",
     )
     parser.add_argument("--threads", type=positive_int, default=defaults.threads)
     parser.add_argument(
         "--noise-share",
-        type=float,
+        type=share,
         default=defaults.noise_share,
         help="share of each batch trained on Gaussian-noised inputs (0 turns augmentation off)",
     )
-    parser.add_argument("--noise-max", type=float, default=defaults.noise_max)
+    parser.add_argument("--noise-max", type=positive_float, default=defaults.noise_max)
     parser.add_argument("--no-eval", action="store_true")
     return parser
 

@@ -1,4 +1,4 @@
-"""The model builders' shared options reject counts below one before any rendering starts."""
+"""The model builders' shared options reject bad values before any rendering starts."""
 
 from __future__ import annotations
 
@@ -30,3 +30,21 @@ def test_counts_below_one_are_usage_errors(
         main([option, "0"])  # type: ignore[operator]
     assert stopped.value.code == 2
     assert "must be at least 1, got 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("main", "argv", "message"),
+    [
+        (train_vlm.main, ["--noise-share", "1.5"], "must be between 0 and 1, got 1.5"),
+        (train_alm.main, ["--noise-share", "-0.1"], "must be between 0 and 1, got -0.1"),
+        (train_vlm.main, ["--noise-max", "0"], "must be above 0, got 0.0"),
+        (train_vlm.main, ["--minutes", "nan"], "must be above 0, got nan"),
+    ],
+)
+def test_shares_and_scales_out_of_range_are_usage_errors(
+    main: object, argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        main(argv)  # type: ignore[operator]
+    assert stopped.value.code == 2
+    assert message in capsys.readouterr().err
