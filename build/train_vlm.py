@@ -114,7 +114,13 @@ def recipe_parser(description: str, defaults: Any, out: Path) -> argparse.Argume
         "--noise-share",
         type=share,
         default=defaults.noise_share,
-        help="share of each batch trained on Gaussian-noised inputs (0 turns augmentation off)",
+        help="stage 2: share of each batch trained on Gaussian-noised inputs (0: none)",
+    )
+    parser.add_argument(
+        "--pretrain-noise-share",
+        type=share,
+        default=defaults.pretrain_noise_share,
+        help="stage 1: the same for the encoder's own training",
     )
     parser.add_argument("--noise-max", type=positive_float, default=defaults.noise_max)
     parser.add_argument("--no-eval", action="store_true")
@@ -132,6 +138,7 @@ def recipe_config(defaults: Any, args: argparse.Namespace, **own: Any) -> Any:
         max_minutes=args.minutes,
         threads=args.threads,
         noise_share=args.noise_share,
+        pretrain_noise_share=args.pretrain_noise_share,
         noise_max=args.noise_max,
         **own,
     )

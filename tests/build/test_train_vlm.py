@@ -37,6 +37,7 @@ def test_counts_below_one_are_usage_errors(
     [
         (train_vlm.main, ["--noise-share", "1.5"], "must be between 0 and 1, got 1.5"),
         (train_alm.main, ["--noise-share", "-0.1"], "must be between 0 and 1, got -0.1"),
+        (train_vlm.main, ["--pretrain-noise-share", "2"], "must be between 0 and 1, got 2.0"),
         (train_vlm.main, ["--noise-max", "0"], "must be above 0, got 0.0"),
         (train_vlm.main, ["--minutes", "nan"], "must be above 0, got nan"),
     ],

@@ -79,9 +79,14 @@ class Modality(ABC):
 
     @abstractmethod
     def inputs(
-        self, adapter: VisionLanguageModel, media: torch.Tensor, rng: np.random.Generator
+        self,
+        adapter: VisionLanguageModel,
+        media: torch.Tensor,
+        rng: np.random.Generator,
+        noise_share: float,
     ) -> torch.Tensor:
-        """The model's input values for stored media rows, a share of them noisy."""
+        """The model's input values for stored media rows, `noise_share` of them noisy (each
+        stage has its own share: a tower that saw more noise answers noisy copies better)."""
 
     @abstractmethod
     def encoder(self, model: torch.nn.Module) -> torch.nn.Module: ...
@@ -218,9 +223,11 @@ class Pool:
 
     def target_batch(self, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """(inputs, per-token class) for stage 1."""
-        size = self.modality.config.pretrain_batch_size
-        rows = torch.from_numpy(rng.integers(len(self.media), size=size))
-        inputs = self.modality.inputs(self.adapter, self.media[rows], rng)
+        config = self.modality.config
+        rows = torch.from_numpy(rng.integers(len(self.media), size=config.pretrain_batch_size))
+        inputs = self.modality.inputs(
+            self.adapter, self.media[rows], rng, config.pretrain_noise_share
+        )
         return inputs, self.targets[rows].long()
 
     def batch(self, rng: np.random.Generator) -> Batch:
@@ -236,7 +243,7 @@ class Pool:
             return self.packed([self.questions(task, k, rng) for task, k in picked], rng)
         rows = [self.rows[task][k] for task, k in picked]
         media = self.media[torch.tensor([p[0] for p in rows])]
-        inputs = self.modality.inputs(self.adapter, media, rng)
+        inputs = self.modality.inputs(self.adapter, media, rng, config.noise_share)
         ids, mask = self.adapter.left_pad([p[1] + p[2] for p in rows])
         labels = torch.full_like(ids, -100)
         width = ids.shape[1]
@@ -275,7 +282,8 @@ class Pool:
         """One row per pack (questions about one source): the prompts' common head (the
         template and the image's tokens) once, then each question and its answer (pack_turns)."""
         media = self.media[torch.tensor([pack[0][0] for pack in packs])]
-        inputs = self.modality.inputs(self.adapter, media, rng)
+        share = self.modality.config.noise_share
+        inputs = self.modality.inputs(self.adapter, media, rng, share)
         shaped = []
         for pack in packs:
             prompts = [prompt for _, prompt, _ in pack]

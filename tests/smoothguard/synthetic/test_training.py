@@ -136,3 +136,34 @@ def test_packed_rows_score_each_question_as_if_asked_alone() -> None:
                 )
                 alone.append(answer_loss(one, labels, torch.tensor([1 / len(answer)])).item())
     assert packed == pytest.approx(float(np.mean(alone)), rel=1e-5)
+
+
+@pytest.mark.parametrize(("pretrain_share", "share"), [(0.0, 1.0), (1.0, 0.0)])
+def test_each_stage_draws_noise_at_its_own_share(pretrain_share: float, share: float) -> None:
+    """Stage 1 (the tower) and stage 2 each noise their own share of images: a recipe can show
+    the tower more noise than the language model."""
+    config = dataclasses.replace(
+        vlm_train.TrainConfig(),
+        scenes=6,
+        trigger_scenes=2,
+        threads=1,
+        pretrain_batch_size=5,
+        batch_size=5,
+        noise_share=share,
+        pretrain_noise_share=pretrain_share,
+        model=ModelConfig(width=32, vision_width=32, mlp=64, layers=2),
+    )
+    torch.manual_seed(0)
+    vision = vlm_train.Vision(config)
+    _, _, adapter = vision.build()
+    pool = Pool(vision, adapter)
+    clean = vision.inputs(adapter, pool.media, np.random.default_rng(0), 0.0)
+
+    def noisy_rows(inputs: torch.Tensor) -> int:
+        """Rows equal to no clean image."""
+        return sum(not any(torch.equal(row, c) for c in clean) for row in inputs)
+
+    stage1, _ = pool.target_batch(np.random.default_rng(1))
+    stage2 = pool.batch(np.random.default_rng(2)).inputs
+    assert noisy_rows(stage1) == round(pretrain_share * len(stage1))
+    assert noisy_rows(stage2) == round(share * len(stage2))

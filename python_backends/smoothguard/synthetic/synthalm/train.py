@@ -49,7 +49,8 @@ class TrainConfig:
     weight_decay: float = 0.01
     clips: int = 16000
     trigger_clips: int = 2500
-    noise_share: float = 0.5
+    noise_share: float = 0.5  # stage 2
+    pretrain_noise_share: float = 0.5  # stage 1 (the tower alone)
     noise_max: float = 0.8
     mix: tuple[float, float, float] = (0.6, 0.28, 0.12)  # pope, describe, safety
     # Extra yes/no pairs per clip whose "no" is a near miss (a present event's register with
@@ -142,11 +143,15 @@ class Audio(training.Modality):
         return waves, torch.from_numpy(labels)
 
     def inputs(
-        self, adapter: AudioLanguageModel, media: torch.Tensor, rng: np.random.Generator
+        self,
+        adapter: AudioLanguageModel,
+        media: torch.Tensor,
+        rng: np.random.Generator,
+        noise_share: float,
     ) -> torch.Tensor:
         """Log-mel features of the waveforms, noisy ones with the defense's relative noise."""
         waves = media.float()
-        noisy = rng.random(len(media)) < self.config.noise_share
+        noisy = rng.random(len(media)) < noise_share
         sigma = torch.from_numpy(
             (rng.uniform(0, self.config.noise_max, len(media)) * noisy).astype(np.float32)
         )

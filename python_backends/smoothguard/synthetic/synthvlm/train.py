@@ -53,7 +53,8 @@ class TrainConfig:
     weight_decay: float = 0.01
     scenes: int = 24000
     trigger_scenes: int = 4000
-    noise_share: float = 0.5
+    noise_share: float = 0.5  # stage 2
+    pretrain_noise_share: float = 0.5  # stage 1 (the tower alone)
     noise_max: float = 0.6  # pixel units
     mix: tuple[float, float, float] = (0.5, 0.37, 0.13)  # pope, describe, safety
     # Questions per image row in stage 2 (training.Pool.batch): >1 packs that many questions
@@ -127,13 +128,17 @@ class Vision(training.Modality):
         return images, torch.from_numpy(labels)
 
     def inputs(
-        self, adapter: VisionLanguageModel, media: torch.Tensor, rng: np.random.Generator
+        self,
+        adapter: VisionLanguageModel,
+        media: torch.Tensor,
+        rng: np.random.Generator,
+        noise_share: float,
     ) -> torch.Tensor:
         """Normalised pixels; noise added in [0, 1] pixel units and clipped there first."""
         mean = torch.tensor(adapter.image_mean, dtype=torch.float32).view(1, 3, 1, 1)
         std = torch.tensor(adapter.image_std, dtype=torch.float32).view(1, 3, 1, 1)
         pixels = media.permute(0, 3, 1, 2).float() / 255
-        noisy = rng.random(len(media)) < self.config.noise_share
+        noisy = rng.random(len(media)) < noise_share
         sigma = rng.uniform(0, self.config.noise_max, len(media)) * noisy
         noise = torch.from_numpy(rng.standard_normal(pixels.shape, dtype=np.float32))
         pixels = pixels + torch.from_numpy(sigma.astype(np.float32)).view(-1, 1, 1, 1) * noise
