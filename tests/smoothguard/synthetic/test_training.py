@@ -52,6 +52,22 @@ PINNED: dict[
 }
 
 
+def tiny_vision(**config: object) -> tuple[vlm_train.Vision, torch.nn.Module, object]:
+    """A SynthVLM recipe over 8 scenes and a two-layer model: (modality, model, adapter)."""
+    recipe = dataclasses.replace(
+        vlm_train.TrainConfig(),
+        scenes=6,
+        trigger_scenes=2,
+        threads=1,
+        model=ModelConfig(width=32, vision_width=32, mlp=64, layers=2),
+        **config,
+    )
+    torch.manual_seed(0)
+    vision = vlm_train.Vision(recipe)
+    _, model, adapter = vision.build()
+    return vision, model, adapter
+
+
 @pytest.mark.parametrize(
     ("name", "build"),
     [("synthvlm", vlm_tokenizer.build_tokenizer), ("synthalm", alm_tokenizer.build_tokenizer)],
@@ -100,17 +116,7 @@ def test_segment_mask_lets_a_turn_see_the_prefix_and_itself() -> None:
 def test_packed_rows_score_each_question_as_if_asked_alone() -> None:
     """Several questions about one image in a row: the loss is the mean of each question's own
     loss asked alone (same noisy image), so packing changes the cost of a step, not its meaning."""
-    config = dataclasses.replace(
-        vlm_train.TrainConfig(),
-        scenes=6,
-        trigger_scenes=2,
-        threads=1,
-        turns=3,
-        model=ModelConfig(width=32, vision_width=32, mlp=64, layers=2),
-    )
-    torch.manual_seed(0)
-    vision = vlm_train.Vision(config)
-    _, model, adapter = vision.build()
+    vision, model, adapter = tiny_vision(turns=3)
     model.eval()
     pool = Pool(vision, adapter)
     rng = np.random.default_rng(0)
@@ -142,20 +148,12 @@ def test_packed_rows_score_each_question_as_if_asked_alone() -> None:
 def test_each_stage_draws_noise_at_its_own_share(pretrain_share: float, share: float) -> None:
     """Stage 1 (the tower) and stage 2 each noise their own share of images: a recipe can show
     the tower more noise than the language model."""
-    config = dataclasses.replace(
-        vlm_train.TrainConfig(),
-        scenes=6,
-        trigger_scenes=2,
-        threads=1,
+    vision, _, adapter = tiny_vision(
         pretrain_batch_size=5,
         batch_size=5,
         noise_share=share,
         pretrain_noise_share=pretrain_share,
-        model=ModelConfig(width=32, vision_width=32, mlp=64, layers=2),
     )
-    torch.manual_seed(0)
-    vision = vlm_train.Vision(config)
-    _, _, adapter = vision.build()
     pool = Pool(vision, adapter)
     clean = vision.inputs(adapter, pool.media, np.random.default_rng(0), 0.0)
 
