@@ -34,6 +34,7 @@ from torch import nn
 from tqdm import tqdm
 
 from smoothguard.adapters.mllm import VisionLanguageModel
+from smoothguard.core.noise import noisy_copies
 from smoothguard.evaluation.report import write_results
 from smoothguard.synthetic.synthpope import load_benchmark
 from smoothguard.synthetic.synthpope.scenes import (
@@ -162,10 +163,19 @@ def centre_tokens(
         for lo in range(0, len(batch), 200):
             images = np.stack([s.image for s in batch[lo : lo + 200]])
             pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
-            if sigma:
-                noise = rng.standard_normal(pixels.shape, dtype=np.float32)
-                pixels = torch.clamp(pixels + sigma * torch.from_numpy(noise), 0, 1)
-            hidden = tower((pixels - mean) / std).last_hidden_state
+            normalised = (pixels - mean) / std
+            if sigma:  # one noisy copy, drawn and clipped as the defense draws its copies
+                copies = noisy_copies(
+                    normalised.numpy(),
+                    num_samples=2,
+                    sigma=sigma,
+                    unit="pixel",
+                    mean=vlm.image_mean,
+                    std=vlm.image_std,
+                    rng=rng,
+                )
+                normalised = torch.from_numpy(np.ascontiguousarray(copies[:, 1]))
+            hidden = tower(normalised).last_hidden_state
             features.append(hidden.flatten(2).transpose(1, 2))
     tokens = torch.cat(features)
     side = math.isqrt(tokens.shape[1])  # tokens per row of the square feature map

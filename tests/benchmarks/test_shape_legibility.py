@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from smoothguard.adapters.mllm import VisionLanguageModel
+from smoothguard.core.noise import noisy_copies
 from smoothguard.synthetic.synthpope.scenes import COLOURS, SHAPES, render_scene, split_seed
 
 MODEL = Path(__file__).resolve().parents[2] / "models" / "synthvlm"
@@ -58,6 +59,21 @@ def test_centre_token_is_the_cell_under_the_object_centre(script: ModuleType) ->
         grid = vlm.model.model.vision_tower(pixels).last_hidden_state[0]
     assert torch.allclose(tokens[0], grid[:, cy // 8, cx // 8], atol=1e-4)
     assert len(tokens) == len(types) == len(radii) == sum(len(s.objects) for s in scenes)
+    # under noise: the defense's own noisy copy (drawn and clipped as served), seeded
+    noisy, _, _ = script.centre_tokens(vlm, scenes, 0.25, 7)
+    copies = noisy_copies(
+        vlm.preprocess([s.image for s in scenes]).numpy(),
+        num_samples=2,
+        sigma=0.25,
+        unit="pixel",
+        mean=vlm.image_mean,
+        std=vlm.image_std,
+        rng=np.random.default_rng(7),
+    )
+    with torch.no_grad():
+        grid = vlm.model.model.vision_tower(torch.from_numpy(copies[:, 1])).last_hidden_state[0]
+    assert torch.allclose(noisy[0], grid[:, cy // 8, cx // 8], atol=1e-4)
+    assert not torch.allclose(noisy[0], tokens[0], atol=1e-2)
 
 
 def test_a_short_run_writes_results_table_and_plot(script: ModuleType, tmp_path: Path) -> None:
