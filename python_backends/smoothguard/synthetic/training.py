@@ -86,7 +86,7 @@ class Modality(ABC):
         noise_share: float,
     ) -> torch.Tensor:
         """The model's input values for stored media rows, `noise_share` of them noisy (each
-        stage has its own share: a tower that saw more noise answers noisy copies better)."""
+        stage passes its own share: a recipe may show the tower more noise than the rest)."""
 
     @abstractmethod
     def encoder(self, model: torch.nn.Module) -> torch.nn.Module: ...
