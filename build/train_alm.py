@@ -19,7 +19,13 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "python_backends"))
 sys.path.insert(0, str(REPO_ROOT / "build"))
 
-from train_vlm import recipe_config, recipe_parser, ship  # noqa: E402
+from train_vlm import (  # noqa: E402
+    non_negative_int,
+    positive_int,
+    recipe_config,
+    recipe_parser,
+    ship,
+)
 
 from smoothguard.synthetic.synthalm.evaluate import evaluate, write  # noqa: E402
 from smoothguard.synthetic.synthalm.train import TrainConfig, train  # noqa: E402
@@ -28,10 +34,10 @@ from smoothguard.synthetic.synthalm.train import TrainConfig, train  # noqa: E40
 def main(argv: list[str] | None = None) -> int:
     defaults = TrainConfig()
     parser = recipe_parser(__doc__.split("\n\n")[0], defaults, REPO_ROOT / "models" / "synthalm")
-    parser.add_argument("--clips", type=int, default=defaults.clips)
+    parser.add_argument("--clips", type=positive_int, default=defaults.clips)
     parser.add_argument(
         "--near-miss-pairs",
-        type=int,
+        type=non_negative_int,
         default=defaults.near_miss_pairs,
         help="extra yes/no pairs per clip with a near-miss negative",
     )

@@ -77,6 +77,14 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    """argparse type: an optional count (0 turns the thing off)."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
 def share(text: str) -> float:
     """argparse type: a share of each batch, in [0, 1]."""
     value = float(text)

@@ -21,6 +21,7 @@ import train_vlm
         (train_vlm.main, "--steps"),
         (train_alm.main, "--batch-size"),
         (train_alm.main, "--threads"),
+        (train_alm.main, "--clips"),
     ],
 )
 def test_counts_below_one_are_usage_errors(
@@ -40,6 +41,7 @@ def test_counts_below_one_are_usage_errors(
         (train_vlm.main, ["--pretrain-noise-share", "2"], "must be between 0 and 1, got 2.0"),
         (train_vlm.main, ["--noise-max", "0"], "must be above 0, got 0.0"),
         (train_vlm.main, ["--minutes", "nan"], "must be above 0, got nan"),
+        (train_alm.main, ["--near-miss-pairs", "-1"], "must be at least 0, got -1"),
     ],
 )
 def test_shares_and_scales_out_of_range_are_usage_errors(
