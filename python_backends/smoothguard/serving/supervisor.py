@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import http.client
 import logging
 import os
 import signal
@@ -410,10 +411,13 @@ def _reason_label(reason: str) -> str:
 
 
 def _ready(url: str) -> bool:
+    """Whether tritonserver answers ready. Anything else is "not yet", never a crash: before
+    tritonserver binds its port, another program may briefly hold it and answer in another
+    protocol (CI once saw HTTP/2 frames there, and the supervisor died of BadStatusLine)."""
     try:
         with urllib.request.urlopen(url, timeout=2) as response:
             return response.status == 200
-    except (urllib.error.URLError, OSError):
+    except (urllib.error.URLError, OSError, http.client.HTTPException):
         return False
 
 

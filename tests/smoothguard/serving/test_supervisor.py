@@ -4,8 +4,10 @@ heal."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -96,3 +98,24 @@ def test_shared_memory_of_a_process_tree_is_found(tmp_path: Path) -> None:
         child.kill()
         child.wait(10)
         region.unlink(missing_ok=True)
+
+
+def test_a_port_that_answers_in_another_protocol_is_not_ready() -> None:
+    """Before tritonserver binds its HTTP port another program may hold it; the readiness
+    probe must read its answer as "not ready", not die of it (seen in CI: HTTP/2 frames)."""
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        port = listener.getsockname()[1]
+
+        def answer_garbage() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(1024)
+                conn.sendall(b"\x00\x00\x12\x04\x00\x00\x00\x00\x00\x00\x03\x7f\xff\xff\xff\r\n")
+
+        thread = threading.Thread(target=answer_garbage, daemon=True)
+        thread.start()
+        assert supervisor._ready(f"http://127.0.0.1:{port}/v2/health/ready") is False
+        thread.join(timeout=5)
