@@ -25,6 +25,14 @@ from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "python_backends"))
+sys.path.insert(0, str(REPO_ROOT / "build"))
+
+from train_vlm import (  # noqa: E402
+    non_negative_float,
+    positive_float,
+    positive_int,
+    share,
+)
 
 from smoothguard.synthetic.denoiser.train import (  # noqa: E402
     FEATURE_LAYERS,
@@ -211,29 +219,33 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "models" / "denoiser")
     parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--scenes", type=int, default=defaults.scenes)
-    parser.add_argument("--steps", type=int, default=defaults.steps)
+    parser.add_argument("--scenes", type=positive_int, default=defaults.scenes)
+    parser.add_argument("--steps", type=positive_int, default=defaults.steps)
     parser.add_argument("--loss", choices=LOSSES, default=defaults.loss)
-    parser.add_argument("--feature-weight", type=float, default=defaults.feature_weight)
+    parser.add_argument(
+        "--feature-weight", type=non_negative_float, default=defaults.feature_weight
+    )
     parser.add_argument(
         "--feature-layers", nargs="+", choices=FEATURE_LAYERS, default=list(defaults.feature_layers)
     )
     parser.add_argument(
         "--model-aware-from",
-        type=float,
+        type=share,
         default=defaults.model_aware_from,
         help="share of the steps on MSE alone before the model-aware term joins",
     )
-    parser.add_argument("--stability-weight", type=float, default=defaults.stability_weight)
+    parser.add_argument(
+        "--stability-weight", type=non_negative_float, default=defaults.stability_weight
+    )
     parser.add_argument(
         "--max-minutes",
-        type=float,
+        type=positive_float,
         default=12.0,
         help=f"wall-clock cap for the whole command ({EVAL_RESERVE_MINUTES} min kept for "
         "the evaluation; training stops early to honour it)",
     )
-    parser.add_argument("--threads", type=int, default=defaults.threads)
-    parser.add_argument("--eval-items", type=int, default=600, help="SynthPOPE test items")
+    parser.add_argument("--threads", type=positive_int, default=defaults.threads)
+    parser.add_argument("--eval-items", type=positive_int, default=600, help="SynthPOPE test items")
     parser.add_argument("--no-eval", action="store_true")
     parser.add_argument(
         "--compare",
@@ -248,6 +260,11 @@ def main(argv: list[str] | None = None) -> int:
         help="rewrite README.md from --out's evaluation.json (and --compare) without training",
     )
     args = parser.parse_args(argv)
+    if not args.no_eval and not args.card_only and args.max_minutes <= EVAL_RESERVE_MINUTES:
+        parser.error(
+            f"--max-minutes must exceed the {EVAL_RESERVE_MINUTES} min kept for the evaluation "
+            f"(or pass --no-eval), got {args.max_minutes}"
+        )
     started = time.perf_counter()
     config = dataclasses.replace(
         defaults,

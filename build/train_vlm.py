@@ -101,6 +101,14 @@ def positive_float(text: str) -> float:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    """argparse type: a loss term's weight (0 turns the term off)."""
+    value = float(text)
+    if not value >= 0:  # also rejects nan
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
 def recipe_parser(description: str, defaults: Any, out: Path) -> argparse.ArgumentParser:
     """The options both default models' builders share; each adds its own."""
     parser = argparse.ArgumentParser(description=description)

@@ -1,4 +1,4 @@
-"""The model builders' shared options reject bad values before any rendering starts."""
+"""The builders (default models and the denoiser) reject bad values before any work starts."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "build"))
 
 import train_alm
+import train_denoiser
 import train_vlm
 
 
@@ -22,6 +23,8 @@ import train_vlm
         (train_alm.main, "--batch-size"),
         (train_alm.main, "--threads"),
         (train_alm.main, "--clips"),
+        (train_denoiser.main, "--steps"),
+        (train_denoiser.main, "--eval-items"),
     ],
 )
 def test_counts_below_one_are_usage_errors(
@@ -42,6 +45,11 @@ def test_counts_below_one_are_usage_errors(
         (train_vlm.main, ["--noise-max", "0"], "must be above 0, got 0.0"),
         (train_vlm.main, ["--minutes", "nan"], "must be above 0, got nan"),
         (train_alm.main, ["--near-miss-pairs", "-1"], "must be at least 0, got -1"),
+        (train_denoiser.main, ["--model-aware-from", "1.2"], "must be between 0 and 1, got 1.2"),
+        (train_denoiser.main, ["--feature-weight", "nan"], "must be at least 0, got nan"),
+        (train_denoiser.main, ["--stability-weight", "-1"], "must be at least 0, got -1.0"),
+        (train_denoiser.main, ["--max-minutes", "nan"], "must be above 0, got nan"),
+        (train_denoiser.main, ["--max-minutes", "1.5"], "must exceed the 2.0 min kept"),
     ],
 )
 def test_shares_and_scales_out_of_range_are_usage_errors(
