@@ -12,7 +12,6 @@ run ends by its step count (it says so if the --minutes guard stopped it first).
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -22,9 +21,8 @@ sys.path.insert(0, str(REPO_ROOT / "build"))
 from train_vlm import (  # noqa: E402
     non_negative_int,
     positive_int,
-    recipe_config,
     recipe_parser,
-    ship,
+    run_builder,
 )
 
 from smoothguard.synthetic.synthalm.evaluate import evaluate, write  # noqa: E402
@@ -41,11 +39,8 @@ def main(argv: list[str] | None = None) -> int:
         default=defaults.near_miss_pairs,
         help="extra yes/no pairs per clip with a near-miss negative",
     )
-    args = parser.parse_args(argv)
-    started = time.perf_counter()
-    config = recipe_config(defaults, args, clips=args.clips, near_miss_pairs=args.near_miss_pairs)
-    ship(args.out, config, train, None if args.no_eval else evaluate, write, started)
-    return 0
+    own = ("clips", "near_miss_pairs")
+    return run_builder(parser, argv, defaults, own, train, evaluate, write)
 
 
 if __name__ == "__main__":

@@ -160,6 +160,24 @@ def recipe_config(defaults: Any, args: argparse.Namespace, **own: Any) -> Any:
     )
 
 
+def run_builder(
+    parser: argparse.ArgumentParser,
+    argv: list[str] | None,
+    defaults: Any,
+    own: tuple[str, ...],
+    train: Callable[[Path, Any], dict[str, Any]],
+    evaluate: Callable[[Path], dict[str, Any]],
+    write: Callable[[dict[str, Any], Path], None],
+) -> int:
+    """Parse, train, evaluate and ship: the whole of a builder once its parser has its `own`
+    options (their attribute names, which are also the config's field names)."""
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    config = recipe_config(defaults, args, **{name: getattr(args, name) for name in own})
+    ship(args.out, config, train, None if args.no_eval else evaluate, write, started)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     defaults = TrainConfig()
     parser = recipe_parser(__doc__.split("\n\n")[0], defaults, REPO_ROOT / "models" / "synthvlm")
@@ -169,11 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         default=defaults.turns,
         help="stage 2: questions packed per image row (batch-size rows of up to this many)",
     )
-    args = parser.parse_args(argv)
-    started = time.perf_counter()
-    config = recipe_config(defaults, args, turns=args.turns)
-    ship(args.out, config, train, None if args.no_eval else evaluate, write, started)
-    return 0
+    return run_builder(parser, argv, defaults, ("turns",), train, evaluate, write)
 
 
 if __name__ == "__main__":

@@ -59,3 +59,28 @@ def test_shares_and_scales_out_of_range_are_usage_errors(
         main(argv)  # type: ignore[operator]
     assert stopped.value.code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("main", "argv", "expected"),
+    [
+        (
+            train_vlm.main,
+            ["--turns", "3", "--pretrain-noise-share", "0.7", "--noise-share", "0.4"],
+            {"turns": 3, "pretrain_noise_share": 0.7, "noise_share": 0.4},
+        ),
+        (
+            train_alm.main,
+            ["--clips", "40", "--near-miss-pairs", "0", "--steps", "7"],
+            {"clips": 40, "near_miss_pairs": 0, "steps": 7},
+        ),
+    ],
+)
+def test_each_option_reaches_the_recipe(
+    main: object, argv: list[str], expected: dict[str, object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shipped: list[object] = []
+    monkeypatch.setattr(train_vlm, "ship", lambda out, config, *rest: shipped.append(config))
+    assert main([*argv, "--no-eval"]) == 0  # type: ignore[operator]
+    (config,) = shipped
+    assert {name: getattr(config, name) for name in expected} == expected
