@@ -24,7 +24,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import aiohttp
@@ -311,6 +311,32 @@ class Gateway:
         if self._thread is not None:
             self._thread.join(timeout=15)
 
+    def retarget(self, upstream_grpc: str, upstream_http: str, upstream_metrics: str) -> None:
+        """Forward to a tritonserver on other loopback ports from now on (the supervisor picks
+        new ones after a failed start). Calls still on the old channel get a grace period."""
+        self.config = replace(
+            self.config,
+            upstream_grpc=upstream_grpc,
+            upstream_http=upstream_http,
+            upstream_metrics=upstream_metrics,
+        )
+        if self._loop is not None and self._channel is not None:
+            future = asyncio.run_coroutine_threadsafe(self._reconnect(), self._loop)
+            future.result(timeout=15)
+        log.warning("gateway now forwards to tritonserver %s", upstream_grpc)
+
+    async def _reconnect(self) -> None:
+        old, self._channel = self._channel, self._upstream_channel()
+        if old is not None:
+            await old.close(grace=5)
+
+    def _upstream_channel(self) -> grpc.aio.Channel:
+        # Reconnect within a second of tritonserver coming (back) up: gRPC's default backoff
+        # grows to minutes while the server starts or restarts, failing calls long after.
+        return grpc.aio.insecure_channel(
+            self.config.upstream_grpc, options=[*UNLIMITED_MESSAGES, *FAST_RECONNECT]
+        )
+
     def refuse_new(self, reason: str, *, restarting: bool = False) -> None:
         """From now on inference gets UNAVAILABLE with `reason`; health says not ready.
         While `restarting`, liveness still says yes: the supervisor is bringing tritonserver
@@ -348,11 +374,7 @@ class Gateway:
 
     async def _serve(self) -> None:
         cfg = self.config
-        # Reconnect within a second of tritonserver coming (back) up: gRPC's default backoff
-        # grows to minutes while the server starts or restarts, failing calls long after.
-        self._channel = grpc.aio.insecure_channel(
-            cfg.upstream_grpc, options=[*UNLIMITED_MESSAGES, *FAST_RECONNECT]
-        )
+        self._channel = self._upstream_channel()
         # No keep-alive towards Triton: on SIGTERM it waits (up to half its exit timeout) for
         # every open HTTP connection to close, and an idle pooled one never would.
         # Bodies pass through untouched: the caller's Accept-Encoding decides whether Triton

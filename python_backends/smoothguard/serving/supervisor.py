@@ -135,6 +135,25 @@ class Supervisor:
         self.tls = _tls(tls)
         if self.watchdog:
             require_explicit_control(rest)
+        self._rest = rest
+        self._pick_internal_ports()
+        self.gateway = Gateway(
+            GatewayConfig(
+                bind=self.bind,
+                grpc_port=self.public["grpc-port"],
+                http_port=self.public["http-port"],
+                metrics_port=self.public["metrics-port"],
+                **self._upstream(),
+                limits=self.limits,
+                tls=self.tls,
+                extra_metrics=self.metrics,
+            )
+        )
+
+    def _pick_internal_ports(self) -> None:
+        """Free loopback ports for tritonserver. They are free when picked, not reserved: a
+        program that binds one before tritonserver does makes that start fail, so a failed
+        start picks again (run())."""
         from smoothguard.serving.server import ServerPorts
 
         internal = ServerPorts.free()
@@ -143,25 +162,18 @@ class Supervisor:
             "metrics-port": internal.metrics,
         }  # fmt: skip
         self.internal_command = [
-            *rest,
+            *self._rest,
             *(f"--{name}={port}" for name, port in self.internal.items()),
             *(f"--{name}={LOOPBACK}" for name in ADDRESS_FLAGS),
         ]
         self.internal_http = f"http://{LOOPBACK}:{self.internal['http-port']}"
-        self.gateway = Gateway(
-            GatewayConfig(
-                bind=self.bind,
-                grpc_port=self.public["grpc-port"],
-                http_port=self.public["http-port"],
-                metrics_port=self.public["metrics-port"],
-                upstream_grpc=f"{LOOPBACK}:{self.internal['grpc-port']}",
-                upstream_http=self.internal_http,
-                upstream_metrics=f"http://{LOOPBACK}:{self.internal['metrics-port']}/metrics",
-                limits=self.limits,
-                tls=self.tls,
-                extra_metrics=self.metrics,
-            )
-        )
+
+    def _upstream(self) -> dict[str, str]:
+        return {
+            "upstream_grpc": f"{LOOPBACK}:{self.internal['grpc-port']}",
+            "upstream_http": self.internal_http,
+            "upstream_metrics": f"http://{LOOPBACK}:{self.internal['metrics-port']}/metrics",
+        }
 
     # -- control --------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -210,6 +222,9 @@ class Supervisor:
                 if failed_starts >= self.max_failed_starts:
                     log.error("tritonserver failed to start %d times; giving up", failed_starts)
                     return code or 1
+                if failed_starts:  # perhaps a port taken meanwhile: the next start gets others
+                    self._pick_internal_ports()
+                    self.gateway.retarget(**self._upstream())
                 backoff = min(2.0**failed_starts, 30.0) if failed_starts else 0.5
                 log.warning("restarting tritonserver in %.1f s", backoff)
                 self._stopping.wait(backoff)

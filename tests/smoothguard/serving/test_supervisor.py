@@ -8,11 +8,14 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
+import tritonclient.grpc as grpcclient
 
 from smoothguard.serving import supervisor
+from smoothguard.serving.server import ServerPorts, server_environment, tritonserver_binary
 from smoothguard.serving.supervisor import Supervisor, shared_memory_of, take_flags
 
 EXPLICIT = ["--model-control-mode=explicit", "--load-model=*"]
@@ -119,3 +122,41 @@ def test_a_port_that_answers_in_another_protocol_is_not_ready() -> None:
         thread.start()
         assert supervisor._ready(f"http://127.0.0.1:{port}/v2/health/ready") is False
         thread.join(timeout=5)
+
+
+@pytest.mark.integration
+def test_a_port_taken_before_tritonserver_binds_it_costs_one_failed_start(tmp_path: Path) -> None:
+    """The internal ports are free when picked, not reserved. A program that binds one first
+    makes tritonserver exit at start; the supervisor picks other ports for the next start and
+    the gateway forwards to them (before, it retried the same ports until it gave up)."""
+    public = ServerPorts.free()
+    sup = Supervisor(
+        [
+            str(tritonserver_binary()), f"--model-repository={tmp_path}", *EXPLICIT,
+            f"--http-port={public.http}", f"--grpc-port={public.grpc}",
+            f"--metrics-port={public.metrics}",
+        ],
+        env=server_environment(),
+    )  # fmt: skip
+    taken = sup.internal["grpc-port"]
+    exits: list[int] = []
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", taken))
+        squatter.listen(1)
+        thread = threading.Thread(target=lambda: exits.append(sup.run()), daemon=True)
+        thread.start()
+        try:
+            # Ready through the gateway's public ports: HTTP, then gRPC.
+            deadline = time.monotonic() + 120
+            while not supervisor._ready(f"http://127.0.0.1:{public.http}/v2/health/ready"):
+                assert thread.is_alive() and time.monotonic() < deadline, (exits, sup.restarts)
+                time.sleep(0.2)
+            client = grpcclient.InferenceServerClient(f"127.0.0.1:{public.grpc}")
+            assert client.is_server_ready()
+            assert client.get_server_metadata().name == "triton"
+            assert sup.restarts["exited"] == 1 and sup.internal["grpc-port"] != taken
+            assert sup.gateway.config.upstream_grpc == f"127.0.0.1:{sup.internal['grpc-port']}"
+        finally:
+            sup.stop()
+            thread.join(90)
+    assert exits == [0] and sup.restarts["exited"] == 1
