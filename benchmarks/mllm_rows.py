@@ -36,11 +36,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "var" / "mllm_rows")
     parser.add_argument("--calls", type=int, default=20, help="timed calls per setting")
     parser.add_argument("--max-new-tokens", type=int, default=8)
+    parser.add_argument("--rows", type=int, nargs="+", default=[1, 4, 10], help="rows per call")
     args = parser.parse_args(argv)
+    if min(args.rows) < 1:
+        parser.error("--rows must be at least 1")
     args.out.mkdir(parents=True, exist_ok=True)
     model = VisionLanguageModel.load(REPO_ROOT / "models" / "synthvlm")
     scenes = generate_split("test", 4)
-    rows_of = (1, 4, 10)
+    rows_of = tuple(args.rows)
     results: dict[str, Any] = {
         "machine": f"{platform.machine()} {__import__('os').cpu_count()} cores, CPU only",
         "command": "python benchmarks/mllm_rows.py " + " ".join(argv or sys.argv[1:]),
@@ -71,7 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         f"Machine: {results['machine']}. Command: `{results['command']}`",
         "",
-        "| torch threads | " + " | ".join(f"{r} row(s) p50 ms" for r in rows_of) + " | 10 / 1 |",
+        "| torch threads | "
+        + " | ".join(f"{r} row(s) p50 ms" for r in rows_of)
+        + f" | {rows_of[-1]} / {rows_of[0]} |",
         "|---|" + "---|" * (len(rows_of) + 1),
     ]
     for threads in (1, 2):

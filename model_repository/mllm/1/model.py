@@ -3,6 +3,7 @@ call per max_new_tokens value, so Triton's dynamic batcher really batches. The s
 mllm (parameter modality "image") and mllm_audio ("audio", a link to this file); only how a
 request's rows are read and which model class loads differ (MODALITIES below)."""
 
+import contextlib
 from collections import defaultdict
 
 import numpy as np
@@ -22,6 +23,7 @@ from smoothguard_triton.glue import (
     optional_input,
     required_input,
 )
+from smoothguard_triton.threads import sibling_threads
 
 
 class TritonPythonModel:
@@ -36,6 +38,13 @@ class TritonPythonModel:
             raise ValueError(f"modality must be one of {sorted(MODALITIES)}, got {modality!r}")
         load, self._rows = MODALITIES[modality]
         self.model = load(params["model_path"], device=device, params=params)
+        self._siblings = sibling_threads(
+            args["model_name"],
+            args["model_instance_name"],
+            threads=int(params.get("threads", "0") or 0),
+            threads_alone=int(params.get("threads_alone", "0") or 0),
+            min_rows=int(params.get("threads_alone_min_rows", "1") or 1),
+        )
 
     def execute(self, requests):
         responses = [None] * len(requests)
@@ -50,7 +59,9 @@ class TritonPythonModel:
             try:
                 values = np.concatenate([m[1] for m in members])
                 prompts = [p for m in members for p in m[2]]
-                texts = self.model.generate(values, prompts, max_new_tokens=max_new_tokens)
+                alone = self._siblings.batch(len(prompts)) if self._siblings else None
+                with alone or contextlib.nullcontext():
+                    texts = self.model.generate(values, prompts, max_new_tokens=max_new_tokens)
             except Exception as exc:  # noqa: BLE001
                 for index, _, _ in members:
                     responses[index] = error_response(exc)
@@ -63,6 +74,10 @@ class TritonPythonModel:
                     [bytes_tensor("TEXT", rows, (len(rows), 1))]
                 )
         return responses
+
+    def finalize(self):
+        if self._siblings is not None:
+            self._siblings.close()
 
     def _parse(self, request):
         s = self.settings
