@@ -39,7 +39,9 @@ class SiblingThreads:
         set_threads: Callable[[int], None],
         min_rows: int = 1,
     ) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if directory.stat().st_uid != os.getuid():  # another user made it first: not ours
+            raise PermissionError(f"{directory} belongs to another user")
         self.directory = directory
         self.threads, self.threads_alone, self.min_rows = threads, threads_alone, min_rows
         self._set_threads = set_threads
@@ -51,7 +53,8 @@ class SiblingThreads:
     @contextlib.contextmanager
     def batch(self, rows: int) -> Iterator[int]:
         """Busy for the block; yields the threads it runs `rows` with (`threads_alone` only
-        from `min_rows` on: a few rows gain nothing from a second thread)."""
+        from `min_rows` on: a short batch that starts alone shares the cores with its
+        sibling's next one until it ends, which cost the bare model's throughput under load)."""
         fcntl.flock(self._own, fcntl.LOCK_EX)
         try:
             alone = rows >= self.min_rows and not self._any_sibling_busy()
@@ -112,7 +115,7 @@ def remove_stale(root: Path) -> None:
     """Folders of servers that are gone (Triton may kill stubs at exit before they finalise)."""
     for folder in root.glob(f"{PREFIX}*"):
         pid = folder.name.removeprefix(PREFIX).split("-", 1)[0]
-        if not pid.isdigit() or _alive(int(pid)):
+        if not pid.isdigit() or _alive(int(pid)) or folder.stat().st_uid != os.getuid():
             continue
         for path in folder.glob("*.busy"):
             path.unlink(missing_ok=True)

@@ -9,6 +9,8 @@ import signal
 from multiprocessing.synchronize import Event
 from pathlib import Path
 
+import pytest
+
 from smoothguard_triton.threads import PREFIX, SiblingThreads, remove_stale
 
 CONTEXT = multiprocessing.get_context("spawn")  # a fresh process, as a stub is
@@ -94,3 +96,14 @@ def test_a_batch_under_min_rows_keeps_threads(tmp_path: Path) -> None:
     with own.batch(4) as few, own.batch(8) as enough:
         assert (few, enough) == (1, 2)
     own.close()
+
+
+def test_a_folder_another_user_made_is_not_used(tmp_path: Path) -> None:
+    """The folder sits in a shared temp directory under a name others can guess."""
+    if os.getuid() != 0:
+        pytest.skip("handing a folder to another user needs root")
+    folder = tmp_path / f"{PREFIX}1-mllm"
+    folder.mkdir()
+    os.chown(folder, 65534, 65534)
+    with pytest.raises(PermissionError, match="another user"):
+        SiblingThreads(folder, "mllm_0_0", 1, 2, lambda _: None)
