@@ -211,9 +211,21 @@ def served_cost(
         done = int(stats[model]["inference_stats"]["success"].get("count", 0))
         return rows, done
 
-    (rows0, done0), cpu0 = counts(), cpu_seconds(server_pid)
+    def settled(quiet_s: float = 1.0, limit_s: float = 30.0) -> tuple[int, int]:
+        # perf_analyzer can exit with its last request still between its mllm rows and its
+        # answer: read once the counts have stood still for quiet_s (seen in CI: 10.8 rows a
+        # request where every request asks 10).
+        last, since, deadline = counts(), time.monotonic(), time.monotonic() + limit_s
+        while time.monotonic() - since < quiet_s and time.monotonic() < deadline:
+            time.sleep(0.1)
+            now = counts()
+            if now != last:
+                last, since = now, time.monotonic()
+        return last
+
+    (rows0, done0), cpu0 = settled(), cpu_seconds(server_pid)
     result = run()
-    (rows1, done1), cpu1 = counts(), cpu_seconds(server_pid)
+    (rows1, done1), cpu1 = settled(), cpu_seconds(server_pid)
     done = max(done1 - done0, 1)
     cpu = {
         name: round(1000 * (cpu1[name] - cpu0.get(name, 0.0)) / done, 3)
