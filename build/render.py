@@ -159,6 +159,16 @@ def _gpu_values(profile: dict[str, Any], defense: DefenseSettings) -> dict[str, 
 TORCH_DTYPES = ("float32", "bfloat16", "float16")
 
 
+def _check_thread_settings(name: str, section: dict[str, Any]) -> None:
+    """Refused here rather than at model load, where a bad value stops the server starting."""
+    for key, least in (("threads", 0), ("threads_alone", 0), ("threads_alone_min_rows", 1)):
+        if key not in section:
+            continue
+        value = section[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise RenderError(f"{name}.{key} must be a whole number >= {least}, got {value!r}")
+
+
 def _torch_dtype(name: Any) -> str:
     """mllm.dtype, checked here so a typo fails the render, not the model load."""
     if name not in TORCH_DTYPES:
@@ -268,6 +278,8 @@ def substitutions(profile: dict[str, Any]) -> dict[str, str]:
         )
     if "audio" in profile:
         values["audio_mllm_path"] = _resolve_path(profile["audio"]["model_path"])
+    for section in ("mllm", "audio"):
+        _check_thread_settings(section, profile.get(section, {}))
     if values["generate_fanout"] not in ("requests", "batch"):
         raise RenderError("steps.generate_fanout must be 'requests' or 'batch'")
     # A certify request's candidates go to the embedder as one batch too: 1 + n0 + n rows.

@@ -89,14 +89,25 @@ class SiblingThreads:
             self.directory.rmdir()
 
 
+class FixedThreads:
+    """An instance that keeps its threads: the same interface, nothing to lock."""
+
+    @contextlib.contextmanager
+    def batch(self, rows: int) -> Iterator[int]:
+        yield 0
+
+    def close(self) -> None:
+        pass
+
+
 def sibling_threads(
     model_name: str, instance: str, threads: int, threads_alone: int, min_rows: int = 1
-) -> SiblingThreads | None:
+) -> SiblingThreads | FixedThreads:
     """For a model.py: siblings are the instances of `model_name` in this tritonserver (the
-    stub's parent process). None when `threads_alone` adds nothing or no lock file can be
-    made (the instance then keeps `threads`)."""
+    stub's parent process). FixedThreads when `threads_alone` adds nothing or no lock file
+    can be made (the instance then keeps `threads`)."""
     if threads < 1 or threads_alone <= threads:
-        return None
+        return FixedThreads()
     import torch
 
     root = Path(tempfile.gettempdir())
@@ -108,7 +119,7 @@ def sibling_threads(
         )
     except OSError as exc:
         log.warning("threads_alone is off for %s: %s", instance, exc)
-        return None
+        return FixedThreads()
 
 
 def remove_stale(root: Path) -> None:

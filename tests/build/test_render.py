@@ -98,6 +98,10 @@ def test_unfilled_placeholder_is_an_error() -> None:
         ("defense.num_samples", "KEY=VALUE"),
         ("mllm.dtype=fp8", "mllm.dtype must be one of"),
         ("denoiser.model_path=models/nope", "no denoiser checkpoint"),
+        ("mllm.threads_alone=-1", r"mllm.threads_alone must be a whole number >= 0"),
+        ("mllm.threads_alone=two", r"mllm.threads_alone must be a whole number >= 0"),
+        ("mllm.threads_alone_min_rows=0", r"mllm.threads_alone_min_rows must be .* >= 1"),
+        ("audio.threads=1.5", r"audio.threads must be a whole number >= 0"),
     ],
 )
 def test_bad_overrides_are_errors(tmp_path: Path, override: str, message: str) -> None:

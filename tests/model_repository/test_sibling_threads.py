@@ -11,7 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from smoothguard_triton.threads import PREFIX, SiblingThreads, remove_stale
+from smoothguard_triton.threads import (
+    PREFIX,
+    FixedThreads,
+    SiblingThreads,
+    remove_stale,
+    sibling_threads,
+)
 
 CONTEXT = multiprocessing.get_context("spawn")  # a fresh process, as a stub is
 
@@ -107,3 +113,14 @@ def test_a_folder_another_user_made_is_not_used(tmp_path: Path) -> None:
     os.chown(folder, 65534, 65534)
     with pytest.raises(PermissionError, match="another user"):
         SiblingThreads(folder, "mllm_0_0", 1, 2, lambda _: None)
+
+
+@pytest.mark.parametrize(("threads", "threads_alone"), [(1, 0), (1, 1), (2, 2), (0, 2)])
+def test_without_more_threads_to_take_an_instance_keeps_its_own(
+    threads: int, threads_alone: int
+) -> None:
+    fixed = sibling_threads("mllm", "mllm_0_0", threads, threads_alone)
+    assert isinstance(fixed, FixedThreads)
+    with fixed.batch(10):
+        pass
+    fixed.close()

@@ -3,7 +3,6 @@ call per max_new_tokens value, so Triton's dynamic batcher really batches. The s
 mllm (parameter modality "image") and mllm_audio ("audio", a link to this file); only how a
 request's rows are read and which model class loads differ (MODALITIES below)."""
 
-import contextlib
 from collections import defaultdict
 
 import numpy as np
@@ -59,8 +58,7 @@ class TritonPythonModel:
             try:
                 values = np.concatenate([m[1] for m in members])
                 prompts = [p for m in members for p in m[2]]
-                alone = self._siblings.batch(len(prompts)) if self._siblings else None
-                with alone or contextlib.nullcontext():
+                with self._siblings.batch(len(prompts)):
                     texts = self.model.generate(values, prompts, max_new_tokens=max_new_tokens)
             except Exception as exc:  # noqa: BLE001
                 for index, _, _ in members:
@@ -76,8 +74,7 @@ class TritonPythonModel:
         return responses
 
     def finalize(self):
-        if self._siblings is not None:
-            self._siblings.close()
+        self._siblings.close()
 
     def _parse(self, request):
         s = self.settings
