@@ -43,6 +43,8 @@ class VisionLanguageModel:
             )
         # [B,3,H,W] -> what the model takes (a patch sequence for Qwen2-VL-style models)
         self._model_pixels = getattr(processor, "model_pixels", None)
+        # Set by load() when the tower was folded for inference (adapters/conv_inference.py).
+        self._channels_last = False
         self.image_size: tuple[int, int] = (int(values.shape[2]), int(values.shape[3]))
         mean = np.broadcast_to(np.asarray(image_processor.image_mean, np.float64), (3,))
         std = np.broadcast_to(np.asarray(image_processor.image_std, np.float64), (3,))
@@ -88,9 +90,12 @@ class VisionLanguageModel:
         model = AutoModelForImageTextToText.from_pretrained(
             str(path), dtype=dtype, local_files_only=True
         )
+        from smoothguard.adapters.conv_inference import for_inference
+
         model = model.to(device).eval()
         model.requires_grad_(False)
         vlm = cls(processor, model, device)
+        vlm._channels_last = for_inference(model)
         check_image_size(path, vlm.image_size, image_size)
         return vlm
 
@@ -197,7 +202,11 @@ class VisionLanguageModel:
         return values.to(self.device, self.model.dtype)
 
     def _model_values(self, values: torch.Tensor) -> torch.Tensor:
-        return values if self._model_pixels is None else self._model_pixels(values)
+        if self._model_pixels is not None:
+            return self._model_pixels(values)
+        if self._channels_last:
+            return values.contiguous(memory_format=torch.channels_last)
+        return values
 
     # -- outputs -----------------------------------------------------------------------------
 
