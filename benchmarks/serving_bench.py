@@ -223,6 +223,7 @@ def served_cost(
                 last, since = now, time.monotonic()
         return last
 
+    # Settled before too: the paired rounds' perf_analyzer runs end unsettled.
     (rows0, done0), cpu0 = settled(), cpu_seconds(server_pid)
     result = run()
     (rows1, done1), cpu1 = settled(), cpu_seconds(server_pid)
