@@ -28,7 +28,8 @@ def test_both_forms_are_timed_for_each_row_count(script: ModuleType, tmp_path: P
 
 
 def test_folded_only_times_one_form(script: ModuleType, tmp_path: Path) -> None:
-    assert script.main(["--rows", "2", "--calls", "1", "--folded-only", "--out", str(tmp_path)]) == 0
+    argv = ["--rows", "2", "--calls", "1", "--folded-only", "--out", str(tmp_path)]
+    assert script.main(argv) == 0
     assert set(json.loads((tmp_path / "results.json").read_text())["p50_ms"]) == {"folded"}
 
 

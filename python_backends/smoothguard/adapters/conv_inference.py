@@ -10,6 +10,8 @@ Towers without such pairs (ViTs, patch-sequence models) are left as they are.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
@@ -28,7 +30,10 @@ def fold_batch_norms(model: nn.Module) -> int:
         if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d):
             if norm.running_mean is None or norm.running_var is None:
                 continue  # no fixed statistics: nothing to fold
-            layer.convolution = fuse_conv_bn_eval(conv, norm)
+            # In float32 whatever the model's dtype: a half-precision rsqrt of a small
+            # variance would round the folded weights twice.
+            fused = fuse_conv_bn_eval(copy.deepcopy(conv).float(), copy.deepcopy(norm).float())
+            layer.convolution = fused.to(conv.weight.dtype)
             layer.normalization = nn.Identity()
             folded += 1
     return folded

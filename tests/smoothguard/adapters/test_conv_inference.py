@@ -54,6 +54,18 @@ def test_folding_keeps_the_function_and_removes_the_norms() -> None:
     torch.testing.assert_close(folded(x), expected, rtol=1e-5, atol=1e-5)  # any layout works
 
 
+def test_half_precision_weights_are_folded_in_float32() -> None:
+    half = trained_stack().to(torch.bfloat16)
+    exact = copy.deepcopy(half).float()  # the same stored values, folded in float32
+    fold_batch_norms(exact)
+    fold_batch_norms(half)
+    for got, want in zip(half.modules(), exact.modules(), strict=True):
+        if isinstance(got, nn.Conv2d):
+            assert got.weight.dtype == torch.bfloat16
+            # one rounding of the float32 result, not a chain of bfloat16 ones
+            assert torch.equal(got.weight, want.weight.to(torch.bfloat16))
+
+
 def test_training_models_and_norms_without_statistics_are_not_folded() -> None:
     stack = trained_stack()
     stack.train()
