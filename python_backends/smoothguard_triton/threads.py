@@ -92,9 +92,12 @@ class SiblingThreads:
 class FixedThreads:
     """An instance that keeps its threads: the same interface, nothing to lock."""
 
+    def __init__(self, threads: int) -> None:
+        self.threads = threads
+
     @contextlib.contextmanager
     def batch(self, rows: int) -> Iterator[int]:
-        yield 0
+        yield self.threads
 
     def close(self) -> None:
         pass
@@ -107,7 +110,7 @@ def sibling_threads(
     stub's parent process). FixedThreads when `threads_alone` adds nothing or no lock file
     can be made (the instance then keeps `threads`)."""
     if threads < 1 or threads_alone <= threads:
-        return FixedThreads()
+        return FixedThreads(threads)
     import torch
 
     root = Path(tempfile.gettempdir())
@@ -119,7 +122,7 @@ def sibling_threads(
         )
     except OSError as exc:
         log.warning("threads_alone is off for %s: %s", instance, exc)
-        return FixedThreads()
+        return FixedThreads(threads)
 
 
 def remove_stale(root: Path) -> None:

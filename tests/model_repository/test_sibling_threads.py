@@ -121,6 +121,6 @@ def test_without_more_threads_to_take_an_instance_keeps_its_own(
 ) -> None:
     fixed = sibling_threads("mllm", "mllm_0_0", threads, threads_alone)
     assert isinstance(fixed, FixedThreads)
-    with fixed.batch(10):
-        pass
+    with fixed.batch(10) as taken:
+        assert taken == threads
     fixed.close()

@@ -77,6 +77,7 @@ class VisionLanguageModel:
         is required by dynamic-resolution checkpoints and must match any other's own."""
         from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoProcessor
 
+        from smoothguard.adapters.conv_inference import for_inference
         from smoothguard.adapters.patch_sequence import PatchSequenceProcessor, is_patch_sequence
         from smoothguard.adapters.preprocess import check_image_size
 
@@ -90,8 +91,6 @@ class VisionLanguageModel:
         model = AutoModelForImageTextToText.from_pretrained(
             str(path), dtype=dtype, local_files_only=True
         )
-        from smoothguard.adapters.conv_inference import for_inference
-
         model = model.to(device).eval()
         model.requires_grad_(False)
         vlm = cls(processor, model, device)
