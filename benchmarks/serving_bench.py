@@ -201,17 +201,24 @@ def cpu_seconds(server_pid: int) -> dict[str, float]:
 
 def served_cost(
     client: Any, server_pid: int, model: str, run: Any
-) -> tuple[Any, float, dict[str, float]]:
+) -> tuple[Any, float, dict[str, float], dict[str, float]]:
     """Run `run()`, and measure what each request of `model` it caused cost: mllm rows,
-    counted from Triton's statistics (adaptive sampling included), and CPU ms by process."""
+    counted from Triton's statistics (adaptive sampling included), CPU ms by process, and the
+    server's time by model (Triton's success time: queue and compute, summed over the calls a
+    request makes; at concurrency 1, where a request's latency goes)."""
 
-    def counts() -> tuple[int, int]:
+    def counts() -> tuple[int, int, dict[str, tuple[int, int]]]:
         stats = {m["name"]: m for m in client.get_inference_statistics(as_json=True)["model_stats"]}
         rows = int(stats["mllm"].get("inference_count", 0))
         done = int(stats[model]["inference_stats"]["success"].get("count", 0))
-        return rows, done
+        steps = {
+            name: (int(success.get("count", 0)), int(success.get("ns", 0)))
+            for name, m in stats.items()
+            for success in [m["inference_stats"]["success"]]
+        }
+        return rows, done, steps
 
-    def settled(quiet_s: float = 1.0, limit_s: float = 30.0) -> tuple[int, int]:
+    def settled(quiet_s: float = 1.0, limit_s: float = 30.0) -> tuple[int, int, Any]:
         # perf_analyzer can exit with its last request still between its mllm rows and its
         # answer: read once the counts have stood still for quiet_s (seen in CI: 10.8 rows a
         # request where every request asks 10).
@@ -224,16 +231,26 @@ def served_cost(
         return last
 
     # Settled before too: the paired rounds' perf_analyzer runs end unsettled.
-    (rows0, done0), cpu0 = settled(), cpu_seconds(server_pid)
+    (rows0, done0, steps0), cpu0 = settled(), cpu_seconds(server_pid)
     result = run()
-    (rows1, done1), cpu1 = settled(), cpu_seconds(server_pid)
+    (rows1, done1, steps1), cpu1 = settled(), cpu_seconds(server_pid)
     done = max(done1 - done0, 1)
     cpu = {
         name: round(1000 * (cpu1[name] - cpu0.get(name, 0.0)) / done, 3)
         for name in cpu1
         if cpu1[name] - cpu0.get(name, 0.0) > 0
     }
-    return result, (rows1 - rows0) / done, dict(sorted(cpu.items(), key=lambda kv: -kv[1]))
+    server_ms = {
+        name: round((ns - steps0.get(name, (0, 0))[1]) / 1e6 / done, 3)
+        for name, (count, ns) in steps1.items()
+        if count > steps0.get(name, (0, 0))[0]
+    }
+    return (
+        result,
+        (rows1 - rows0) / done,
+        dict(sorted(cpu.items(), key=lambda kv: -kv[1])),
+        dict(sorted(server_ms.items(), key=lambda kv: -kv[1])),
+    )
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
@@ -331,9 +348,38 @@ def markdown(results: dict[str, Any]) -> str:
             lines.append(f"| {name} | {cells} |")
     totals = " | ".join(f"**{sum(cpu[label].values()):.2f}**" for label in labels)
     lines += [f"| total | {totals} |", ""]
+    lines += server_time_table(results)
     for name, ok in results.get("checks", {}).items():
         lines.append(f"- check: {name}: {'passed' if ok else 'FAILED'}")
     return "\n".join(lines)
+
+
+def server_time_table(results: dict[str, Any]) -> list[str]:
+    """Where a request's time goes at the first concurrency: each model's success time in
+    Triton (queue and compute) per request, from the same windows as the first table's rows."""
+    first = {label: rows[0] for label, rows in results["perf"].items()}
+    steps = {label: row.get("server_ms_per_request", {}) for label, row in first.items()}
+    if not any(steps.values()):
+        return []
+    c = next(iter(first.values()))["concurrency"]
+    labels = list(first)
+    names = sorted(
+        {n for times in steps.values() for n in times},
+        key=lambda n: -max(times.get(n, 0.0) for times in steps.values()),
+    )
+    lines = [
+        f"Server time per request at concurrency {c}, by model (ms; Triton's success time, "
+        "queue and compute, summed over a request's calls; a step's time includes the calls "
+        "it makes, so the column does not add up):",
+        "",
+        "| model | " + " | ".join(labels) + " |",
+        "|---|" + "---|" * len(labels),
+    ]
+    for name in names:
+        if max(times.get(name, 0.0) for times in steps.values()) >= 0.05:
+            cells = " | ".join(f"{steps[label].get(name, 0.0):.2f}" for label in labels)
+            lines.append(f"| {name} | {cells} |")
+    return [*lines, ""]
 
 
 def accounting_checks(results: dict[str, Any]) -> dict[str, bool]:
@@ -478,8 +524,9 @@ def main(argv: list[str] | None = None) -> int:
                 measure = functools.partial(
                     run_perf_analyzer, model, url, inputs[label], c, args.requests, out, label
                 )
-                row, calls, cpu = served_cost(client, server.process.pid, model, measure)
+                row, calls, cpu, server_ms = served_cost(client, server.process.pid, model, measure)
                 row["model_calls"], row["cpu_ms_per_request"] = calls, cpu
+                row["server_ms_per_request"] = server_ms
                 print(f"{label} c={c}: {row}", flush=True)
                 results["perf"][label].append(row)
             # The ratios compare figures that this kind of shared machine moves by 20-50%

@@ -190,3 +190,25 @@ def test_the_single_model_is_set_against_the_ensemble_round_by_round(bench: Modu
     assert single["own_share"] == pytest.approx(0.1)
     assert "vs_ensemble_p50_c1" not in summary["smoothguard"]
     assert "smoothguard adaptive" not in summary  # a series that was not measured
+
+
+def test_server_time_is_tabled_for_the_first_concurrency(bench: ModuleType) -> None:
+    perf = {
+        "mllm": [
+            {"concurrency": 1, "server_ms_per_request": {"mllm": 20.0}},
+            {"concurrency": 16, "server_ms_per_request": {"mllm": 90.0}},
+        ],
+        "smoothguard": [
+            {
+                "concurrency": 1,
+                "server_ms_per_request": {"smoothguard": 55.0, "generate": 48.0, "mllm": 44.0},
+            },
+            {"concurrency": 16, "server_ms_per_request": {"smoothguard": 600.0}},
+        ],
+    }
+    lines = bench.server_time_table({"perf": perf})
+    assert lines[0].startswith("Server time per request at concurrency 1")
+    assert "| smoothguard | 0.00 | 55.00 |" in lines
+    assert "| mllm | 20.00 | 44.00 |" in lines
+    assert not any("600" in line for line in lines)  # the last concurrency is not this table
+    assert bench.server_time_table({"perf": {"mllm": [{"concurrency": 1}]}}) == []

@@ -86,9 +86,16 @@ def test_serving_bench_writes_every_series(
     for used in (bare, defended):
         assert all(math.isfinite(ms) and ms >= 0 for ms in used.values()), used
         assert used["mllm"] > 0, used
+    # Server time by model at c=1: every step of a defended request, each call's time inside
+    # the step that made it (generate waits for its mllm rows).
+    steps = results["perf"]["smoothguard"][0]["server_ms_per_request"]
+    assert {"smoothguard", "noise", "generate", "mllm", "embedder", "aggregate"} <= set(steps)
+    assert all(math.isfinite(ms) and ms > 0 for ms in steps.values()), steps
+    assert steps["mllm"] <= steps["generate"] <= steps["smoothguard"], steps
     markdown = (tmp_path / "results.md").read_text()
     assert "smoothguard adaptive" in markdown and "serving overhead" in markdown
     assert "median of 2 paired rounds" in markdown and "saturation (concurrency 1)" in markdown
     assert "CPU time per request at concurrency 1" in markdown
+    assert "Server time per request at concurrency 1" in markdown
     assert "own share" in markdown and "vs the ensemble" in markdown
     assert (tmp_path / "latency_vs_throughput.png").stat().st_size > 10_000
