@@ -331,21 +331,12 @@ def markdown(results: dict[str, Any]) -> str:
     c = next(iter(top.values()))["concurrency"]
     labels = list(top)
     cpu = {label: row.get("cpu_ms_per_request", {}) for label, row in top.items()}
-    names = sorted(
-        {n for used in cpu.values() for n in used},
-        key=lambda n: -max(used.get(n, 0.0) for used in cpu.values()),
-    )
-    lines += [
+    lines += ms_table(
         f"CPU time per request at concurrency {c}, by process (ms; all instances of a model "
         "summed):",
-        "",
-        "| process | " + " | ".join(labels) + " |",
-        "|---|" + "---|" * len(labels),
-    ]
-    for name in names:
-        if max(used.get(name, 0.0) for used in cpu.values()) >= 0.05:
-            cells = " | ".join(f"{cpu[label].get(name, 0.0):.2f}" for label in labels)
-            lines.append(f"| {name} | {cells} |")
+        "process",
+        cpu,
+    )
     totals = " | ".join(f"**{sum(cpu[label].values()):.2f}**" for label in labels)
     lines += [f"| total | {totals} |", ""]
     lines += server_time_table(results)
@@ -362,24 +353,28 @@ def server_time_table(results: dict[str, Any]) -> list[str]:
     if not any(steps.values()):
         return []
     c = next(iter(first.values()))["concurrency"]
-    labels = list(first)
-    names = sorted(
-        {n for times in steps.values() for n in times},
-        key=lambda n: -max(times.get(n, 0.0) for times in steps.values()),
-    )
-    lines = [
+    title = (
         f"Server time per request at concurrency {c}, by model (ms; Triton's success time, "
         "queue and compute, summed over a request's calls; a step's time includes the calls "
-        "it makes, so the column does not add up):",
-        "",
-        "| model | " + " | ".join(labels) + " |",
-        "|---|" + "---|" * len(labels),
-    ]
+        "it makes, so the column does not add up):"
+    )
+    return [*ms_table(title, "model", steps), ""]
+
+
+def ms_table(title: str, kind: str, by_label: dict[str, dict[str, float]]) -> list[str]:
+    """One row per process or model (largest first, those under 0.05 ms left out), one column
+    per series."""
+    labels = list(by_label)
+    names = sorted(
+        {n for times in by_label.values() for n in times},
+        key=lambda n: -max(times.get(n, 0.0) for times in by_label.values()),
+    )
+    lines = [title, "", f"| {kind} | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
     for name in names:
-        if max(times.get(name, 0.0) for times in steps.values()) >= 0.05:
-            cells = " | ".join(f"{steps[label].get(name, 0.0):.2f}" for label in labels)
+        if max(times.get(name, 0.0) for times in by_label.values()) >= 0.05:
+            cells = " | ".join(f"{by_label[label].get(name, 0.0):.2f}" for label in labels)
             lines.append(f"| {name} | {cells} |")
-    return [*lines, ""]
+    return lines
 
 
 def accounting_checks(results: dict[str, Any]) -> dict[str, bool]:
