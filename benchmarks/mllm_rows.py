@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     forms = {"folded": model}  # as load() gives it (adapters/conv_inference.py)
     if not args.folded_only:
-        forms["stored"] = stored_form(model)
+        forms["stored"] = VisionLanguageModel.load(MODEL, fold=False)
     for threads in (1, 2):
         torch.set_num_threads(threads)
         for rows in rows_of:
@@ -101,18 +101,6 @@ def main(argv: list[str] | None = None) -> int:
             lines.append(f"| {form} | {threads} | {cells} | {p50[-1] / p50[0]:.2f}x |")
     write_results(args.out, results, "\n".join(lines) + "\n")
     return 0
-
-
-def stored_form(model: Any) -> Any:
-    """The same checkpoint with its modules as stored (batch norms unfolded, contiguous
-    layout): what load() ran before adapters/conv_inference.py."""
-    from transformers import AutoModelForImageTextToText
-
-    from smoothguard.adapters.mllm import VisionLanguageModel
-
-    raw = AutoModelForImageTextToText.from_pretrained(str(MODEL), local_files_only=True).eval()
-    raw.requires_grad_(False)
-    return VisionLanguageModel(model.processor, raw)
 
 
 if __name__ == "__main__":

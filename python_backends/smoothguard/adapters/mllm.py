@@ -72,9 +72,11 @@ class VisionLanguageModel:
         device: str = "cpu",
         dtype: torch.dtype = torch.float32,
         image_size: int | None = None,
+        fold: bool = True,
     ) -> VisionLanguageModel:
         """From a local directory only: never reaches for a hub. `image_size` (mllm.image_size)
-        is required by dynamic-resolution checkpoints and must match any other's own."""
+        is required by dynamic-resolution checkpoints and must match any other's own. `fold`
+        False keeps the checkpoint's modules as stored (benchmarks and tests compare the two)."""
         from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoProcessor
 
         from smoothguard.adapters.conv_inference import for_inference
@@ -94,7 +96,7 @@ class VisionLanguageModel:
         model = model.to(device).eval()
         model.requires_grad_(False)
         vlm = cls(processor, model, device)
-        vlm._channels_last = for_inference(model)
+        vlm._channels_last = fold and for_inference(model)
         check_image_size(path, vlm.image_size, image_size)
         return vlm
 

@@ -87,12 +87,7 @@ def test_a_tower_without_batch_norms_is_left_alone() -> None:
 @pytest.fixture(scope="module")
 def pair(one_torch_thread: None) -> tuple[VisionLanguageModel, VisionLanguageModel]:
     """The shipped model as load() gives it, and the same checkpoint left unfolded."""
-    from transformers import AutoModelForImageTextToText
-
-    loaded = VisionLanguageModel.load(MODEL)
-    raw = AutoModelForImageTextToText.from_pretrained(str(MODEL), local_files_only=True).eval()
-    raw.requires_grad_(False)
-    return loaded, VisionLanguageModel(loaded.processor, raw)
+    return VisionLanguageModel.load(MODEL), VisionLanguageModel.load(MODEL, fold=False)
 
 
 def test_the_default_model_loads_folded(
